@@ -1,0 +1,57 @@
+"""Observation models p(x | decoder output), keyed by the name a dataset asks for.
+
+A decoder ends in `n_params` values per pixel (shape (N, n_params, D)); the likelihood turns
+them into constrained parameters, log-probabilities, means and samples.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from trainables.distributions import (
+    log_bernoulli_logits,
+    log_discretized_logistic,
+    sample_discretized_logistic,
+)
+
+#: Log-scale range of the discretized logistic (Hardtanh(-4.5, 0) in the paper's code).
+LOGSCALE_RANGE = (-4.5, 0.0)
+
+
+class Bernoulli:
+    """Binary images: p(x|z) = prod_d Bern(x_d; sigmoid(l_d))."""
+
+    n_params = 1
+
+    def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
+        return log_bernoulli_logits(x, out[..., 0, :])
+
+    def mean(self, out: Tensor) -> Tensor:
+        return torch.sigmoid(out[..., 0, :])
+
+    def sample(self, out: Tensor) -> Tensor:
+        return torch.bernoulli(self.mean(out))
+
+
+class DiscretizedLogistic:
+    """Gray images in 256 levels: a logistic with mean sigmoid(a) and log-scale
+    clip(b, -4.5, 0), discretized into 256 bins (Sec. 4.1 of the paper)."""
+
+    n_params = 2
+    bins = 256
+
+    def _split(self, out: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.sigmoid(out[..., 0, :]), F.hardtanh(out[..., 1, :], *LOGSCALE_RANGE)
+
+    def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
+        return log_discretized_logistic(x, *self._split(out), bins=self.bins)
+
+    def mean(self, out: Tensor) -> Tensor:
+        return self._split(out)[0]
+
+    def sample(self, out: Tensor) -> Tensor:
+        return sample_discretized_logistic(*self._split(out), bins=self.bins)
+
+
+LIKELIHOODS = {"bernoulli": Bernoulli(), "logistic": DiscretizedLogistic()}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from trainables.errors import InputError
 
@@ -33,7 +33,6 @@ class TrainConfig:
     test_limit: int | None = None  # use the first N test images
     samples: int = 5000  # importance samples for the test log-likelihood
     device: str = "auto"
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
         """Check the fields that registries do not check; raise InputError naming the field."""

@@ -1,0 +1,1 @@
+"""vamp-study: the service around `trainables` (CLI, search spaces, orchestration, tracking)."""

@@ -1,0 +1,121 @@
+"""The `study` command line. Exit codes: 0 success, 2 bad input (nothing started or written),
+1 a failure while running. With --json, stdout holds one JSON object and nothing else."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from trainables.errors import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Hyperparameter studies of the VampPrior paper's models.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: download, verify, cache.")
+app.add_typer(data_app, name="data")
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _emit(result: dict, as_json: bool, human) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        human(result)
+
+
+@app.command()
+def train(
+    dataset: str = typer.Option("static_mnist", help="static_mnist, dynamic_mnist, omniglot, caltech101, freyfaces, histopathology"),
+    model: str = typer.Option("vae", help="vae, hvae, convhvae, pixelhvae"),
+    prior: str = typer.Option("standard", help="standard, mog, vampprior, vampprior_data, vampprior_weighted"),
+    K: int = typer.Option(500, "--K", "-K", help="pseudo-inputs / mixture components"),
+    lr: float = typer.Option(5e-4, help="Adam learning rate"),
+    epochs: int = typer.Option(2000, help="maximum number of epochs"),
+    warmup: int = typer.Option(100, help="KL warm-up epochs (beta = epoch / warmup); 0: none"),
+    patience: int = typer.Option(50, help="stop after this many epochs without validation improvement; 0: never"),
+    batch_size: int = typer.Option(100),
+    seed: int = typer.Option(0),
+    pseudoinputs: str = typer.Option("random", help="VampPrior init: random (per-dataset N(mean, std)) or data"),
+    train_limit: Optional[int] = typer.Option(None, help="use the first N training images"),
+    test_limit: Optional[int] = typer.Option(None, help="score N test images, a fixed-seed subset (the same for every run)"),
+    samples: int = typer.Option(5000, help="importance samples for the test log-likelihood"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    output: Optional[Path] = typer.Option(None, help="folder for the model, checkpoint, metrics and figures"),
+    resume: bool = typer.Option(False, help="continue from OUTPUT/checkpoint.pt"),
+    figures: bool = typer.Option(True, help="write PNG figures"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """Train one configuration without Ray (debugging, reproduction), then score it on the test set."""
+    from study.train_command import run_train
+    from trainables.config import TrainConfig
+
+    config = TrainConfig(dataset=dataset, model=model, prior=prior, K=K, lr=lr, epochs=epochs,
+                         warmup=warmup, patience=patience, batch_size=batch_size, seed=seed,
+                         pseudoinputs=pseudoinputs, train_limit=train_limit, test_limit=test_limit,
+                         samples=samples, device=device)
+    result = run_train(config, output, resume=resume, figures=figures, log=err)
+    _emit(result, as_json, lambda r: err.print_json(data=r))
+
+
+@app.command()
+def score(
+    model_path: Path = typer.Argument(..., metavar="MODEL", help="a saved model folder"),
+    dataset: Optional[str] = typer.Option(None, help="defaults to the model's dataset"),
+    split: str = typer.Option("test", help="test or val"),
+    samples: int = typer.Option(5000, help="importance samples"),
+    seed: Optional[int] = typer.Option(None, help="defaults to the model's training seed"),
+    test_limit: Optional[int] = typer.Option(None, help="score N images, the fixed-seed subset of `study train`"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """Importance-sampled log-likelihood of a saved model."""
+    from study.train_command import run_score
+
+    result = run_score(model_path, dataset=dataset, split=split, samples=samples, seed=seed,
+                       limit=test_limit, device=device)
+    _emit(result, as_json, lambda r: err.print_json(data=r))
+
+
+@data_app.command("fetch")
+def data_fetch(
+    dataset: str = typer.Argument(..., help="a dataset name, or 'all'"),
+    mirror: Optional[Path] = typer.Option(None, help="a folder laid out like the dataset mirror (default: $STUDY_DATA_MIRROR)"),
+) -> None:
+    """Download (or copy from a mirror), verify checksums, parse and cache a dataset."""
+    from trainables.data import DATASETS, fetch
+
+    names = sorted(DATASETS) if dataset == "all" else [dataset]
+    for name in names:
+        path = fetch(name, mirror=mirror, progress=lambda msg: err.print(escape(msg)))
+        err.print(f"[green]{name}[/green]: cached at {escape(str(path))}")
+
+
+def main() -> None:
+    """Entry point: map errors to exit codes."""
+    try:
+        app(standalone_mode=False)
+    except InputError as e:
+        err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as e:
+        sys.exit(getattr(e, "exit_code", getattr(e, "code", 0)))
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - a failure while running: say what and exit 1
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        err.print(f"[red]failed:[/red] {type(e).__name__}: {escape(str(e))}", soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""A saved model: a folder with `weights.pt` (a state dict of tensors, loaded with
+weights_only=True, so loading never runs code) and `config.json` (the TrainConfig that rebuilds
+the architecture, the dataset's shape and likelihood, and the sha256 of the weights)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from trainables.config import TrainConfig
+from trainables.errors import InputError
+from trainables.models import Model, build_model
+
+FORMAT = "vamp-study-model/1"
+WEIGHTS = "weights.pt"
+CONFIG = "config.json"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model(model: Model, config: TrainConfig, folder: Path, extra: dict | None = None) -> Path:
+    """Write the model's current weights and config into `folder` (created if needed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / WEIGHTS
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights.with_suffix(".tmp"))
+    os.replace(weights.with_suffix(".tmp"), weights)
+    meta = {"format": FORMAT, "config": config.to_dict(), "weights_sha256": sha256_file(weights),
+            **(extra or {})}
+    (folder / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return folder
+
+
+def read_config(folder: Path) -> dict:
+    """The JSON of a saved model; InputError if `folder` is not one."""
+    path = Path(folder) / CONFIG
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{folder}: not a saved model (no {CONFIG}); expected a folder written by "
+                         "`study train --output` or `study pull`") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: invalid JSON ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise InputError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    return meta
+
+
+def load_model(folder: Path, device: torch.device | str = "cpu") -> tuple[Model, TrainConfig]:
+    """Rebuild the architecture from config.json and load weights.pt (checksum verified)."""
+    from trainables.data import DATASETS
+
+    folder = Path(folder)
+    meta = read_config(folder)
+    config = TrainConfig.from_dict(meta["config"]).validate()
+    weights = folder / WEIGHTS
+    actual = sha256_file(weights)
+    if actual != meta["weights_sha256"]:
+        raise InputError(f"{weights}: sha256 {actual} does not match config.json's {meta['weights_sha256']}")
+    spec = DATASETS[config.dataset]
+    # The training images only seed initial values, which the saved weights replace.
+    placeholder = torch.zeros(config.K, spec.dim)
+    model = build_model(config, spec, placeholder)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.to(device).eval(), config

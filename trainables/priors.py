@@ -54,6 +54,7 @@ class StandardNormal(Prior):
     def log_prob(self, z: Tensor) -> Tensor:
         return log_standard_normal(z)
 
+    @torch.no_grad()
     def sample(self, n: int) -> Tensor:
         return torch.randn(n, self.latent_dim, device=self._anchor.device)
 
@@ -73,6 +74,7 @@ class MixturePrior(Prior):
     def log_prob(self, z: Tensor) -> Tensor:
         return log_normal_mixture(z, *self._components())
 
+    @torch.no_grad()
     def sample(self, n: int) -> Tensor:
         means, logvars, log_weights = self._components()
         k = torch.multinomial(log_weights.exp(), n, replacement=True)

@@ -98,23 +98,22 @@ def data_fetch(
 def main() -> None:
     """Entry point: map errors to exit codes."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except InputError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
-    except (typer.Exit, SystemExit) as e:
-        sys.exit(getattr(e, "exit_code", getattr(e, "code", 0)))
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
     except typer.Abort:
         err.print("aborted")
         sys.exit(130)
+    except typer.TyperException as e:  # the command line itself is wrong (usage errors: exit 2)
+        e.show()
+        sys.exit(getattr(e, "exit_code", 2))
     except Exception as e:  # noqa: BLE001 - a failure while running: say what and exit 1
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
         err.print(f"[red]failed:[/red] {type(e).__name__}: {escape(str(e))}", soft_wrap=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

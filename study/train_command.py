@@ -23,13 +23,17 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def _writable_folder(path: Path) -> Path:
-    """Create `path` if needed and prove it writable, before anything is computed."""
+    """Create `path` if needed and prove it writable; on failure remove what was created."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
+        for folder in missing:  # deepest first
+            if folder.is_dir():
+                folder.rmdir()
         raise InputError(f"--output {path}: not a writable folder ({e.strerror or e})") from None
     return path
 
@@ -45,9 +49,8 @@ def run_train(config: TrainConfig, output: Path | None, *, resume: bool, figures
     checkpoint = output / CHECKPOINT
     if resume and not checkpoint.exists():
         raise InputError(f"--resume: {checkpoint} does not exist; run without --resume first")
+    trial = prepare(config)  # bad input (device, data) fails here, before anything is written
     _writable_folder(output)
-
-    trial = prepare(config)
     trainer = Trainer(trial.model, trial.data, config)
     if resume:
         trainer.load(checkpoint)

@@ -17,7 +17,7 @@ def shared_datasets() -> Path:
     """The local mirror of the original dataset files: ``../shared/datasets`` next to the repo."""
     path = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
     if not path.is_dir():
-        pytest.skip(f"dataset mirror {path} not present")
+        pytest.fail(f"dataset mirror {path} not present: the tests need ../shared/datasets beside the repo")
     return path
 
 

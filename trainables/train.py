@@ -91,6 +91,23 @@ class Progress:
     stopped_early: bool = False
     history: list[dict] = field(default_factory=list)
 
+    def record(self, epoch: int, val_loss: float, warmup: int) -> bool:
+        """Count epoch `epoch` with its validation loss; True if it is the best so far.
+        As in the paper's code, epochs within the warm-up do not count towards patience."""
+        self.epoch = epoch
+        improved = val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_epoch = val_loss, epoch
+        self.epochs_without_improvement = 0 if improved or epoch < warmup else self.epochs_without_improvement + 1
+        return improved
+
+    def finished(self, epochs: int, patience: int) -> bool:
+        """Done after `epochs` epochs, or early after `patience` epochs without improvement
+        (patience 0: never early)."""
+        if patience > 0 and self.epochs_without_improvement >= patience:
+            self.stopped_early = True
+        return self.stopped_early or self.epoch >= epochs
+
 
 def kl_weight(epoch: int, warmup: int) -> float:
     """beta of the KL term at `epoch` (1-based): epoch / warmup, at most 1 (Bowman et al. 2016)."""
@@ -148,14 +165,8 @@ class Trainer:
             raise Diverged(f"training loss is {train_loss} at epoch {epoch} (lr={c.lr})")
         val_loss, val_re, val_kl = self.validate()
         seconds = time.perf_counter() - started
-        p.epoch = epoch
-        if val_loss < p.best_val_loss:
-            p.best_val_loss, p.best_epoch, p.epochs_without_improvement = val_loss, epoch, 0
+        if p.record(epoch, val_loss, c.warmup):
             self.best_state = _copy_state(self.model)
-        else:
-            p.epochs_without_improvement += 1
-        if epoch < c.warmup:  # the paper's code does not count epochs during warm-up
-            p.epochs_without_improvement = 0
         metrics = EpochMetrics(epoch, beta, train_loss, train_re, train_kl, val_loss, val_re, val_kl,
                                seconds, p.best_val_loss, p.best_epoch)
         p.history.append(asdict(metrics))
@@ -163,10 +174,7 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
-        p, c = self.progress, self.config
-        if c.patience > 0 and p.epochs_without_improvement >= c.patience:
-            p.stopped_early = True
-        return p.stopped_early or p.epoch >= c.epochs
+        return self.progress.finished(self.config.epochs, self.config.patience)
 
     def fit(self, on_epoch: Callable[[EpochMetrics, "Trainer"], None] | None = None) -> Progress:
         """Train until `epochs` or early stopping, then load the best weights into the model.

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.server_fixtures"]
+
 # --------------------------------------------------------------------------- data fixtures
 
 MIRRORED_DATASETS = ("static_mnist", "dynamic_mnist", "caltech101", "freyfaces")

@@ -1,0 +1,225 @@
+"""Integration tests of study.servers: real PostgreSQL, moto S3 and MLflow server processes on
+127.0.0.1 (no mocks). The shared servers start once per session (tests/server_fixtures.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from study.servers import (
+    HOST,
+    LocalStack,
+    MlflowServer,
+    PostgresServer,
+    S3Server,
+    Service,
+    basic_auth_available,
+    free_port,
+    group_members,
+    pid_alive,
+    port_in_use,
+    process_start_time,
+    stop_pid,
+)
+
+def _bucket(server: MlflowServer) -> str:
+    """The bucket of an MLflow server's ``s3://bucket/prefix`` artifacts destination."""
+    return server.artifacts_destination.removeprefix("s3://").split("/")[0]
+
+def _strip_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("AWS_") or name in ("MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI",
+                                               "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+
+# --------------------------------------------------------------------------- helpers
+
+def test_free_port_is_bindable():
+    import socket
+
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind((HOST, port))
+
+class _Failing(Service):
+    """A real process that prints and exits before it is ready."""
+
+    kind = "failing"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", "print('boom: cannot start'); raise SystemExit(3)"]
+
+def test_failed_start_raises_with_log_tail(tmp_path: Path):
+    service = _Failing(tmp_path / "failing.log")
+    with pytest.raises(RuntimeError, match=r"(?s)exited with status 3.*boom: cannot start"):
+        service.start(timeout=20)
+    assert not service.running
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+def test_postgres_accepts_password_and_refuses_wrong_one(postgres_server: PostgresServer):
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_server.sqlalchemy_uri)
+    assert (url.host, url.port, url.username, url.database) == (HOST, postgres_server.port, "vamp", "mlflow")
+    with psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
+                         dbname=url.database) as conn:
+        assert conn.execute("SELECT current_user, current_database()").fetchone() == ("vamp", "mlflow")
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(host=url.host, port=url.port, user=url.username, password="wrong", dbname=url.database)
+    # Only 127.0.0.1: the server does not listen on the other addresses.
+    listen = psycopg.connect(**postgres_server.conninfo).execute("SHOW listen_addresses").fetchone()[0]
+    assert listen == HOST
+
+# --------------------------------------------------------------------------- S3
+
+def test_s3_boto3_put_and_list(s3_server: S3Server):
+    s3_server.create_bucket("put-list")
+    s3_server.create_bucket("put-list")  # idempotent
+    client = s3_server.client()
+    for key in ("a/1.txt", "a/2.txt", "b/3.txt"):
+        client.put_object(Bucket="put-list", Key=key, Body=key.encode())
+    assert s3_server.list_keys("put-list") == ["a/1.txt", "a/2.txt", "b/3.txt"]
+    assert s3_server.list_keys("put-list", prefix="a/") == ["a/1.txt", "a/2.txt"]
+    assert client.get_object(Bucket="put-list", Key="b/3.txt")["Body"].read() == b"b/3.txt"
+    env = s3_server.env()
+    assert env["AWS_ENDPOINT_URL"] == env["MLFLOW_S3_ENDPOINT_URL"] == s3_server.endpoint_url
+    assert env["AWS_DEFAULT_REGION"] == "us-east-1"
+
+def test_s3_pyarrow_filesystem_roundtrip(s3_server: S3Server):
+    from pyarrow import fs
+
+    s3_server.create_bucket("arrow")
+    s3 = fs.S3FileSystem(
+        endpoint_override=s3_server.endpoint_url.removeprefix("http://"), scheme="http",
+        access_key=s3_server.access_key, secret_key=s3_server.secret_key, region=s3_server.region,
+    )
+    payload = os.urandom(3 * 1024 * 1024)
+    with s3.open_output_stream("arrow/ray/ckpt/data.bin") as out:
+        out.write(payload)
+    with s3.open_input_stream("arrow/ray/ckpt/data.bin") as src:
+        assert src.read() == payload
+    assert s3_server.list_keys("arrow", prefix="ray/") == ["ray/ckpt/data.bin"]
+
+# --------------------------------------------------------------------------- MLflow
+
+def test_mlflow_run_goes_to_postgres_and_artifact_to_s3(
+    mlflow_server: MlflowServer, postgres_server: PostgresServer, s3_server: S3Server,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+):
+    import mlflow
+    import psycopg
+
+    _strip_aws_env(monkeypatch)  # the client has no S3 credentials: artifacts are proxied
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server.tracking_uri)
+    experiment_id = client.create_experiment("servers-test")
+    assert client.get_experiment(experiment_id).artifact_location.startswith("mlflow-artifacts:")
+    run = client.create_run(experiment_id, run_name="servers-test-run")
+    run_id = run.info.run_id
+    client.log_metric(run_id, "loss", 0.5, step=1)
+    artifact = tmp_path / "hello.txt"
+    artifact.write_text("hello from the test")
+    client.log_artifact(run_id, str(artifact))
+    client.set_terminated(run_id)
+
+    assert client.get_metric_history(run_id, "loss")[0].value == 0.5
+    back = Path(client.download_artifacts(run_id, "hello.txt", dst_path=str(tmp_path / "down")))
+    assert back.read_text() == "hello from the test"
+
+    with psycopg.connect(**postgres_server.conninfo) as conn:
+        row = conn.execute("SELECT name, experiment_id, status FROM runs WHERE run_uuid = %s", (run_id,)).fetchone()
+    assert row == ("servers-test-run", int(experiment_id), "FINISHED")
+
+    keys = s3_server.list_keys(_bucket(mlflow_server), prefix="mlflow/")
+    assert f"mlflow/{experiment_id}/{run_id}/artifacts/hello.txt" in keys
+
+def test_mlflow_server_rejects_foreign_host_header(mlflow_server: MlflowServer):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(mlflow_server.tracking_uri + "/api/2.0/mlflow/experiments/search?max_results=1",
+                                     headers={"Host": "evil.example.com"})
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request, timeout=10)
+    assert error.value.code == 403
+
+@pytest.mark.skipif(not basic_auth_available(), reason="mlflow[auth] (Flask-WTF) is not installed")
+def test_mlflow_basic_auth(mlflow_server: MlflowServer, postgres_server: PostgresServer, s3_server: S3Server,
+                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import mlflow
+    import urllib.error
+    import urllib.request
+
+    server = MlflowServer(postgres_server.sqlalchemy_uri, mlflow_server.artifacts_destination, env=s3_server.env(),
+                          auth=("admin", "auth-test-password-1"), folder=tmp_path / "mlflow-auth")
+    with server:
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(server.tracking_uri + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+        assert error.value.code == 401
+        _strip_aws_env(monkeypatch)
+        for name, value in server.client_env().items():
+            monkeypatch.setenv(name, value)
+        assert mlflow.MlflowClient(tracking_uri=server.tracking_uri).search_experiments()
+
+# --------------------------------------------------------------------------- stop and the stack
+
+def test_stop_leaves_no_process_and_frees_port(tmp_path: Path):
+    s3 = S3Server(folder=tmp_path / "s3").start()
+    pg = PostgresServer(tmp_path / "pg").start()
+    try:
+        procs = [(s3, s3.pid, s3.port), (pg, pg.pid, pg.port)]
+        for server, pid, port in procs:
+            assert server.running and pid_alive(pid) and port_in_use(port)
+        s3.stop()
+        pg.stop()
+        for server, pid, port in procs:
+            assert not server.running and not pid_alive(pid) and not port_in_use(port)
+        assert not group_members(s3.pid)
+        s3.stop()  # stopping twice is fine
+        assert stop_pid(s3.pid) is False
+    finally:
+        s3.stop()
+        pg.remove()
+
+def test_stop_pid_ignores_reused_pid():
+    pid = os.getpid()
+    assert stop_pid(pid, start_time=process_start_time(pid) + 1) is False  # a different process
+    assert pid_alive(pid)
+
+def test_local_stack_state_roundtrip_and_stop_from_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    stack = LocalStack(tmp_path / "stack")
+    try:
+        stack.start()
+        assert stack.status() == {"postgres": True, "s3": True, "mlflow": True}
+        env = stack.env()
+        assert env["MLFLOW_TRACKING_URI"] == stack.mlflow.tracking_uri
+        assert env["AWS_ENDPOINT_URL"] == stack.s3.endpoint_url
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"} <= env.keys()
+        assert stack.storage_uri == "s3://vamp-study/ray"
+        assert stack.s3.list_keys("vamp-study") == []  # the bucket exists
+        state_path = stack.save_state()
+        assert oct(state_path.stat().st_mode & 0o777) == "0o600"
+        for service in stack.services:
+            assert service.log_path.exists()
+
+        pids = [pid for s in stack.services for pid in group_members(s.pid) or [s.pid]]
+        ports = [s.port for s in stack.services]
+        mlflow_group = group_members(stack.mlflow.pid)
+
+        loaded = LocalStack.load_state(state_path)
+        assert loaded.status() == {"postgres": True, "s3": True, "mlflow": True}
+        assert loaded.env() == env
+        loaded.stop()
+        assert loaded.status() == {"postgres": False, "s3": False, "mlflow": False}
+        assert stack.status() == {"postgres": False, "s3": False, "mlflow": False}
+        assert mlflow_group and not any(pid_alive(pid) for pid in mlflow_group)
+        assert not any(pid_alive(pid) for pid in pids)
+        assert not any(port_in_use(port) for port in ports)
+    finally:
+        stack.remove()

@@ -29,6 +29,67 @@ def _emit(result: dict, as_json: bool, human) -> None:
 
 
 @app.command()
+def run(
+    space: Path = typer.Argument(..., help="a search-space YAML file (see search_spaces/)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the spec, or SQLite under $STUDY_HOME)"),
+    storage: Optional[str] = typer.Option(None, help="Ray storage: a folder or s3://bucket/prefix (default: $STUDY_STORAGE, the spec, or $STUDY_HOME/ray)"),
+    address: Optional[str] = typer.Option(None, help="a Ray cluster to join (default: $RAY_ADDRESS, or a local Ray)"),
+    dry_run: bool = typer.Option(False, help="validate and print the plan; start nothing"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """Run a study: Ray Tune trials chosen by Optuna, stopped by ASHA, tracked in MLflow; register champions."""
+    from study.study_command import run_study
+
+    result = run_study(space, tracking_uri=tracking_uri, storage=storage, address=address, dry_run=dry_run,
+                       resume=False, console=err)
+    _emit(result, as_json, lambda r: err.print_json(data=r) if dry_run else None)
+
+
+@app.command()
+def resume(
+    space: Path = typer.Argument(..., help="the search-space YAML file of the interrupted study"),
+    tracking_uri: Optional[str] = typer.Option(None, help="as for `study run`"),
+    storage: Optional[str] = typer.Option(None, help="as for `study run`"),
+    address: Optional[str] = typer.Option(None, help="as for `study run`"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """Continue an interrupted study where it stopped: finished trials are not run again."""
+    from study.study_command import run_study
+
+    result = run_study(space, tracking_uri=tracking_uri, storage=storage, address=address, dry_run=False,
+                       resume=True, console=err)
+    _emit(result, as_json, lambda r: None)
+
+
+@app.command()
+def status(
+    study_name: Optional[str] = typer.Argument(None, metavar="[STUDY]", help="a study name; none: list the studies"),
+    tracking_uri: Optional[str] = typer.Option(None, help="as for `study run`"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """The trials of a study: state, epochs, validation loss (from the tracking server)."""
+    from study.study_command import print_status, status as study_status
+
+    result = study_status(study_name, tracking_uri=tracking_uri)
+    _emit(result, as_json, lambda r: print_status(Console(highlight=False), r))
+
+
+@app.command()
+def pull(
+    reference: str = typer.Argument(..., metavar="NAME[@ALIAS|/VERSION]", help="a registered model, e.g. static_mnist-hvae-vampprior@champion"),
+    out: Path = typer.Option(..., help="folder to write weights.pt and config.json into"),
+    tracking_uri: Optional[str] = typer.Option(None, help="as for `study run`"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """Fetch a registered model from the MLflow Model Registry."""
+    from study import settings
+    from study.registry import pull as pull_model
+
+    folder = pull_model(reference, out, settings.resolve_tracking_uri(tracking_uri))
+    _emit({"model": reference, "out": str(folder)}, as_json, lambda r: err.print(f"pulled into {escape(r['out'])}"))
+
+
+@app.command()
 def train(
     dataset: str = typer.Option("static_mnist", help="static_mnist, dynamic_mnist, omniglot, caltech101, freyfaces, histopathology"),
     model: str = typer.Option("vae", help="vae, hvae, convhvae, pixelhvae"),
@@ -64,20 +125,34 @@ def train(
 
 @app.command()
 def score(
-    model_path: Path = typer.Argument(..., metavar="MODEL", help="a saved model folder"),
+    model_path: str = typer.Argument(..., metavar="MODEL", help="a saved model folder, or a registered model (models:/NAME@ALIAS)"),
     dataset: Optional[str] = typer.Option(None, help="defaults to the model's dataset"),
     split: str = typer.Option("test", help="test or val"),
     samples: int = typer.Option(5000, help="importance samples"),
     seed: Optional[int] = typer.Option(None, help="defaults to the model's training seed"),
     test_limit: Optional[int] = typer.Option(None, help="score N images, the fixed-seed subset of `study train`"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    tracking_uri: Optional[str] = typer.Option(None, help="where registered models are (as for `study run`)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> None:
-    """Importance-sampled log-likelihood of a saved model."""
+    """Importance-sampled log-likelihood of a saved or registered model."""
+    import tempfile
+
     from study.train_command import run_score
 
-    result = run_score(model_path, dataset=dataset, split=split, samples=samples, seed=seed,
-                       limit=test_limit, device=device)
+    def score_folder(folder: Path) -> dict:
+        return run_score(folder, dataset=dataset, split=split, samples=samples, seed=seed, limit=test_limit,
+                         device=device)
+
+    if model_path.startswith("models:/"):
+        from study import settings
+        from study.registry import pull as pull_model
+
+        with tempfile.TemporaryDirectory(prefix="vamp-score-") as tmp:
+            result = {**score_folder(pull_model(model_path, Path(tmp), settings.resolve_tracking_uri(tracking_uri))),
+                      "model": model_path}
+    else:
+        result = score_folder(Path(model_path))
     _emit(result, as_json, lambda r: err.print_json(data=r))
 
 

@@ -35,11 +35,12 @@ class Trial:
     device: torch.device
 
 
-def prepare(config: TrainConfig) -> Trial:
-    """Validate `config`, load its dataset, and build the model with the config's seed."""
+def prepare(config: TrainConfig, splits=None) -> Trial:
+    """Validate `config`, load its dataset (unless `splits` are given: a Ray worker gets them
+    from the object store), and build the model with the config's seed."""
     config.validate()
     device = resolve_device(config.device)
-    splits = load_dataset(config.dataset)
+    splits = load_dataset(config.dataset) if splits is None else splits
     data = DeviceData.from_splits(splits, config, device)
     torch.manual_seed(config.seed)
     model = build_model(config, splits.spec, data.train).to(device)

@@ -1,0 +1,66 @@
+"""Where a study's parts go: tracking server, Ray storage, Ray cluster.
+
+Each comes from (first wins): the command-line flag, the usual environment variable
+(MLFLOW_TRACKING_URI, STUDY_STORAGE, RAY_ADDRESS), the spec file, the embedded default. The
+embedded default keeps everything under one folder, STUDY_HOME (default ./studies):
+  studies/mlflow.db      MLflow backend store (SQLite)
+  studies/artifacts/     MLflow artifacts
+  studies/ray/           Ray storage: experiment state and checkpoints
+S3 endpoints and credentials come from the standard AWS variables only (AWS_ENDPOINT_URL,
+AWS_ACCESS_KEY_ID, ...), never from a spec file and never into logs or tracked params.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Targets:
+    tracking_uri: str
+    storage: str  # a local folder or s3://bucket/prefix
+    address: str | None  # a Ray cluster, or None for a local Ray instance
+    home: Path  # the embedded default's folder
+
+    @property
+    def local_tracking(self) -> bool:
+        return self.tracking_uri.startswith("sqlite:")
+
+    def artifact_location(self, study: str) -> str | None:
+        """Artifacts of a local (SQLite) store go under STUDY_HOME; a tracking server decides its own."""
+        return (self.home / "artifacts" / study).as_uri() if self.local_tracking else None
+
+    def experiment_path(self, study: str, model: str) -> str:
+        """The Ray Tune experiment of one model of a study."""
+        return f"{self.storage.rstrip('/')}/{study}-{model}"
+
+    def public(self) -> dict:
+        """What may be shown and tracked (URIs carry no credentials here, but strip any userinfo)."""
+        return {"tracking_uri": without_userinfo(self.tracking_uri), "storage": without_userinfo(self.storage),
+                "ray_address": self.address or "local"}
+
+
+def home() -> Path:
+    return Path(os.environ.get("STUDY_HOME", "studies")).expanduser().resolve()
+
+
+def resolve_tracking_uri(flag: str | None = None, from_spec: str | None = None) -> str:
+    return (flag or os.environ.get("MLFLOW_TRACKING_URI") or from_spec
+            or f"sqlite:///{home() / 'mlflow.db'}")
+
+
+def resolve(spec, *, tracking_uri: str | None = None, storage: str | None = None,
+            address: str | None = None) -> Targets:
+    store = storage or os.environ.get("STUDY_STORAGE") or spec.storage.path or str(home() / "ray")
+    if "://" not in store:
+        store = str(Path(store).expanduser().resolve())
+    return Targets(resolve_tracking_uri(tracking_uri, spec.tracking.uri), store,
+                   address or os.environ.get("RAY_ADDRESS") or None, home())
+
+
+def without_userinfo(uri: str) -> str:
+    scheme, sep, rest = uri.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        rest = rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"

@@ -1,0 +1,78 @@
+"""Helpers for the integration tests of `study run`: a real `study` process, small spaces, and
+reading what MLflow holds."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from mlflow import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_space(folder: Path, name: str = "tiny", **overrides) -> Path:
+    """A space that runs in seconds: vae, two priors, 3 epochs on 500 images."""
+    spec = {
+        "name": name,
+        "dataset": "static_mnist",
+        "models": ["vae"],
+        "space": {"lr": {"loguniform": [3.0e-4, 1.0e-3]},
+                  "priors": {"standard": {}, "vampprior": {"K": [20]}}},
+        "fixed": {"epochs": 3, "warmup": 2, "patience": 0, "hidden": 64, "train_limit": 500},
+        "search": {"algorithm": "tpe", "seed": 0, "trials_per_model": 3, "max_concurrent": 2},
+        "early_stopping": {"grace_period": 1, "reduction_factor": 2},
+        "resources": {"cpus": 1, "gpus": 0},
+        "evaluation": {"samples": 20, "test_limit": 50},
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            spec[section][field] = value
+        else:
+            spec[section] = value
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def study(*args, env: dict, timeout: float = 900, **popen) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "study", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=timeout, cwd=popen.get("cwd"))
+
+
+def study_process(*args, env: dict, log: Path) -> subprocess.Popen:
+    """A `study` process in the background (for interrupting it)."""
+    out = open(log, "w")
+    return subprocess.Popen([sys.executable, "-m", "study", *map(str, args)], stdout=out,
+                            stderr=subprocess.STDOUT, env={**os.environ, **env}, text=True)
+
+
+def json_out(result: subprocess.CompletedProcess) -> dict:
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout)
+
+
+class Tracked:
+    """What MLflow holds about one study."""
+
+    def __init__(self, tracking_uri: str, study: str):
+        self.client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+        experiment = self.client.get_experiment_by_name(study)
+        assert experiment is not None, f"no experiment {study}"
+        self.experiment_id = experiment.experiment_id
+        runs = self.client.search_runs([self.experiment_id], max_results=1000)
+        self.parents = [r for r in runs if r.data.tags.get("vamp.role") == "study"]
+        self.trials = [r for r in runs if r.data.tags.get("vamp.role") == "trial"]
+
+    def epochs(self, run) -> list[int]:
+        return [m.step for m in self.client.get_metric_history(run.info.run_id, "train_loss")]
+
+    def versions(self, name: str) -> list:
+        return list(self.client.search_model_versions(f"name = '{name}'"))
+
+    def champion(self, name: str):
+        return self.client.get_model_version_by_alias(name, "champion")

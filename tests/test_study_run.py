@@ -1,0 +1,121 @@
+"""`study run` on the embedded default (local Ray, MLflow on SQLite, local storage), as a user
+runs it: the quickstart end to end, bad input, a diverging trial."""
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.study_helpers import REPO, Tracked, json_out, small_space, study
+
+
+@pytest.fixture
+def home(tmp_path, data_cache):
+    return {"STUDY_HOME": str(tmp_path / "studies"), "STUDY_CACHE_DIR": str(data_cache),
+            "STUDY_DATA_MIRROR": "", "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", "STUDY_STORAGE": ""}
+
+
+def tracking(home) -> str:
+    return f"sqlite:///{home['STUDY_HOME']}/mlflow.db"
+
+
+def test_quickstart_end_to_end(home, tmp_path):
+    space = yaml.safe_load((REPO / "search_spaces" / "quickstart.yaml").read_text())
+    result = json_out(study("run", REPO / "search_spaces" / "quickstart.yaml", "--json", env=home))
+    trials_expected = space["search"]["trials_per_model"] * len(space["models"])
+    assert result["trials"] == trials_expected
+
+    t = Tracked(tracking(home), "quickstart")
+    assert len(t.parents) == 1 and t.parents[0].info.status == "FINISHED"
+    assert len(t.trials) == trials_expected
+    parent_id = t.parents[0].info.run_id
+    for run in t.trials:
+        tags, params = run.data.tags, run.data.params
+        assert tags["mlflow.parentRunId"] == parent_id
+        assert run.info.status == "FINISHED" and tags["vamp.stop_reason"] in ("max_epochs", "early_stopping", "asha")
+        assert {tags["dataset"], tags["model"], tags["prior"]} <= {"static_mnist", "vae", "hvae", "standard", "vampprior"}
+        assert run.info.run_name.startswith(f"{tags['model']}-{tags['prior']}-")
+        assert ("K" in params) == (tags["prior"] == "vampprior")
+        assert float(params["lr"]) > 0 and params["epochs"] == str(space["fixed"]["epochs"])
+        epochs = t.epochs(run)
+        assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= 1  # once per epoch, in order
+        assert {"val_loss", "val_re", "val_kl", "beta", "epoch_seconds"} <= set(run.data.metrics)
+
+    # one registered champion per (model, prior) group, scored, with the alias
+    for group in result["champions"]:
+        versions = t.versions(group["name"])
+        assert len(versions) == 1
+        champion = t.champion(group["name"])
+        assert champion.version == versions[0].version
+        run = t.client.get_run(champion.run_id)
+        assert run.data.tags["vamp.champion"] == "true"
+        assert run.data.metrics["test_ll"] >= run.data.metrics["test_elbo"]
+        assert math.isclose(float(champion.tags["test_ll"]), run.data.metrics["test_ll"], rel_tol=1e-6)
+        assert {a.path for a in t.client.list_artifacts(run.info.run_id)} >= {"model", "figures"}
+
+    # pull the champion and score it: the same number as logged
+    name = result["champions"][-1]["name"]
+    out = tmp_path / "pulled"
+    json_out(study("pull", f"{name}@champion", "--out", out, "--json", env=home))
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "weights.pt"]
+    scored = json_out(study("score", out, "--samples", space["evaluation"]["samples"], "--test-limit",
+                            space["evaluation"]["test_limit"], "--json", env=home))
+    assert math.isclose(scored["test_ll"], float(t.champion(name).tags["test_ll"]), rel_tol=1e-6)
+
+    # status from another terminal
+    status = json_out(study("status", "quickstart", "--json", env=home))
+    assert len(status["trials"]) == trials_expected
+    assert all(tr["state"] == "finished" and tr["epoch"] >= 1 for tr in status["trials"])
+    assert "quickstart" in json_out(study("status", "--json", env=home))["studies"]
+
+    # a second `run` of the same study refuses (resume is the way) and changes nothing
+    again = study("run", REPO / "search_spaces" / "quickstart.yaml", env=home)
+    assert again.returncode == 2 and "already exists" in again.stderr and "study resume" in again.stderr
+    assert len(Tracked(tracking(home), "quickstart").trials) == trials_expected
+
+
+@pytest.mark.parametrize("bad", sorted((REPO / "tests" / "spaces" / "bad").glob("*.yaml"))[:6],
+                         ids=lambda p: p.stem)
+def test_bad_space_exits_2_and_creates_nothing(home, bad):
+    r = study("run", bad, env=home)
+    assert r.returncode == 2, r.stderr
+    assert str(bad) in r.stderr
+    assert not Path(home["STUDY_HOME"]).exists(), list(Path(home["STUDY_HOME"]).rglob("*"))
+
+
+def test_gpus_on_a_machine_without_them_exit_2(home, tmp_path):
+    space = small_space(tmp_path, resources={"cpus": 1, "gpus": 0.25})
+    r = study("run", space, env=home)
+    assert r.returncode == 2
+    assert "resources.gpus" in r.stderr and "has 0" in r.stderr
+    assert not Path(home["STUDY_HOME"]).exists()
+
+
+def test_a_dataset_that_cannot_be_fetched_fails_at_once(home, tmp_path):
+    space = small_space(tmp_path, dataset="omniglot")
+    r = study("run", space, env={**home, "STUDY_CACHE_DIR": str(tmp_path / "empty-cache")}, timeout=120)
+    assert r.returncode == 2 and "omniglot/chardata.mat" in r.stderr
+    assert not Path(home["STUDY_HOME"]).exists()
+
+
+def test_dry_run_starts_nothing(home, tmp_path):
+    result = json_out(study("run", small_space(tmp_path), "--dry-run", "--json", env=home))
+    assert result["dry_run"] and result["trials"] == 3
+    assert not Path(home["STUDY_HOME"]).exists()
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(home, tmp_path):
+    # lr 1e5 makes the loss NaN in the first epoch; the seeded first point of each prior uses it
+    space = small_space(tmp_path, name="diverge", space={"lr": [1.0e5, 5.0e-4],
+                                                         "priors": {"standard": {}, "vampprior": {"K": [20]}}},
+                        search={"algorithm": "random", "seed": 0, "trials_per_model": 4, "max_concurrent": 2})
+    result = json_out(study("run", space, "--json", env=home))
+    t = Tracked(tracking(home), "diverge")
+    failed = [r for r in t.trials if r.info.status == "FAILED"]
+    finished = [r for r in t.trials if r.info.status == "FINISHED"]
+    assert len(t.trials) == 4 and len(failed) >= 2 and finished
+    for run in failed:
+        assert run.data.params["lr"] == "100000.0"
+        assert "loss is nan" in run.data.tags["vamp.failure"]
+    assert all(float(r.data.params["lr"]) < 1 for r in finished)
+    assert result["champions"]  # the study went on and registered what did train

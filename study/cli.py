@@ -2,6 +2,8 @@
 1 a failure while running. With --json, stdout holds one JSON object and nothing else."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from study.errors import StudyInterrupted
 from trainables.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -21,14 +24,31 @@ app.add_typer(data_app, name="data")
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+#: Our stdout. While a command runs, everything else printed to stdout (libraries announcing
+#: runs, for example) goes to stderr, so that --json output is one JSON object and nothing else.
+stdout = sys.stdout
+
+
+def command(app_: typer.Typer, name: str | None = None):
+    """Register a command whose work prints nothing on our stdout but what `_emit` writes."""
+    def register(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            with contextlib.redirect_stdout(sys.stderr):
+                return fn(*args, **kwargs)
+        return app_.command(name)(run)
+    return register
+
+
 def _emit(result: dict, as_json: bool, human) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(result) + "\n")
+        stdout.write(json.dumps(result) + "\n")
+        stdout.flush()
     else:
         human(result)
 
 
-@app.command()
+@command(app)
 def run(
     space: Path = typer.Argument(..., help="a search-space YAML file (see search_spaces/)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the spec, or SQLite under $STUDY_HOME)"),
@@ -45,7 +65,7 @@ def run(
     _emit(result, as_json, lambda r: err.print_json(data=r) if dry_run else None)
 
 
-@app.command()
+@command(app)
 def resume(
     space: Path = typer.Argument(..., help="the search-space YAML file of the interrupted study"),
     tracking_uri: Optional[str] = typer.Option(None, help="as for `study run`"),
@@ -61,7 +81,7 @@ def resume(
     _emit(result, as_json, lambda r: None)
 
 
-@app.command()
+@command(app)
 def status(
     study_name: Optional[str] = typer.Argument(None, metavar="[STUDY]", help="a study name; none: list the studies"),
     tracking_uri: Optional[str] = typer.Option(None, help="as for `study run`"),
@@ -71,10 +91,10 @@ def status(
     from study.study_command import print_status, status as study_status
 
     result = study_status(study_name, tracking_uri=tracking_uri)
-    _emit(result, as_json, lambda r: print_status(Console(highlight=False), r))
+    _emit(result, as_json, lambda r: print_status(Console(file=stdout, highlight=False), r))
 
 
-@app.command()
+@command(app)
 def pull(
     reference: str = typer.Argument(..., metavar="NAME[@ALIAS|/VERSION]", help="a registered model, e.g. static_mnist-hvae-vampprior@champion"),
     out: Path = typer.Option(..., help="folder to write weights.pt and config.json into"),
@@ -89,7 +109,7 @@ def pull(
     _emit({"model": reference, "out": str(folder)}, as_json, lambda r: err.print(f"pulled into {escape(r['out'])}"))
 
 
-@app.command()
+@command(app)
 def train(
     dataset: str = typer.Option("static_mnist", help="static_mnist, dynamic_mnist, omniglot, caltech101, freyfaces, histopathology"),
     model: str = typer.Option("vae", help="vae, hvae, convhvae, pixelhvae"),
@@ -123,7 +143,7 @@ def train(
     _emit(result, as_json, lambda r: err.print_json(data=r))
 
 
-@app.command()
+@command(app)
 def score(
     model_path: str = typer.Argument(..., metavar="MODEL", help="a saved model folder, or a registered model (models:/NAME@ALIAS)"),
     dataset: Optional[str] = typer.Option(None, help="defaults to the model's dataset"),
@@ -156,7 +176,7 @@ def score(
     _emit(result, as_json, lambda r: err.print_json(data=r))
 
 
-@data_app.command("fetch")
+@command(data_app, "fetch")
 def data_fetch(
     dataset: str = typer.Argument(..., help="a dataset name, or 'all'"),
     mirror: Optional[Path] = typer.Option(None, help="a folder laid out like the dataset mirror (default: $STUDY_DATA_MIRROR)"),
@@ -179,8 +199,11 @@ def main() -> None:
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
-        err.print("aborted")
+    except StudyInterrupted as e:
+        err.print(f"[yellow]interrupted:[/yellow] {escape(str(e))}", soft_wrap=True)
+        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("interrupted")
         sys.exit(130)
     except typer.TyperException as e:  # the command line itself is wrong (usage errors: exit 2)
         e.show()

@@ -23,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 
+from study.errors import StudyInterrupted
 from study.live import LiveTable
 from study.settings import Targets
 from study.tracking import StudyTracker, TrackingCallback, run_name
@@ -139,7 +140,3 @@ def run_trials(spec, targets: Targets, splits, *, resume: bool, console: Console
                                    f"{spec.source}`")
         study.results[model] = grid
     return study
-
-
-class StudyInterrupted(RuntimeError):
-    """The trials were stopped (Ctrl-C) before they all ended; the study can be resumed."""

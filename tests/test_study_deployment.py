@@ -1,0 +1,73 @@
+"""`study run` against real deployments on 127.0.0.1: an MLflow server with a PostgreSQL backend
+store and artifacts proxied to S3 (moto's server), Ray storage in the same S3 endpoint; and a
+two-node Ray cluster whose nodes share no dataset folder."""
+import math
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.server_fixtures import MLFLOW_BUCKET
+from tests.study_helpers import Tracked, json_out, small_space, study
+
+AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+            "MLFLOW_S3_ENDPOINT_URL")
+
+
+@pytest.fixture
+def base_env(tmp_path, data_cache):
+    return {"STUDY_HOME": str(tmp_path / "studies"), "STUDY_CACHE_DIR": str(data_cache), "STUDY_DATA_MIRROR": "",
+            "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", "STUDY_STORAGE": ""}
+
+
+def test_remote_tracking_server_postgres_and_s3_storage(base_env, tmp_path, s3_server, mlflow_server,
+                                                        postgres_server):
+    s3_server.create_bucket("vamp-ray")
+    env = {**base_env, **s3_server.env()}  # the driver and Ray write checkpoints to S3 themselves
+    space = small_space(tmp_path, name="remote")
+    result = json_out(study("run", space, "--tracking-uri", mlflow_server.tracking_uri,
+                            "--storage", "s3://vamp-ray/studies", "--json", env=env))
+    assert not Path(base_env["STUDY_HOME"]).exists()  # nothing went to the embedded default
+
+    # Ray's experiment state and checkpoints are in the bucket
+    ray_keys = s3_server.list_keys("vamp-ray", "studies/remote-vae/")
+    assert any(k.rsplit("/", 1)[-1].startswith("experiment_state") for k in ray_keys)
+    assert any(k.endswith("/checkpoint.pt") for k in ray_keys)
+    # MLflow's runs are in PostgreSQL, its artifacts (registered weights) in S3
+    with psycopg.connect(**postgres_server.conninfo) as db:
+        names = {row[0] for row in db.execute("select name from runs where status = 'FINISHED'")}
+    t = Tracked(mlflow_server.tracking_uri, "remote")
+    assert {r.info.run_name for r in t.trials + t.parents} <= names and len(t.trials) == 3
+    mlflow_keys = s3_server.list_keys(MLFLOW_BUCKET, "mlflow/")
+    assert sum(k.endswith("model/weights.pt") for k in mlflow_keys) == len(result["champions"])
+
+    # a client without any S3 credentials pulls a champion through the server and scores it
+    no_aws = {**base_env, **{k: "" for k in AWS_VARS}}
+    name = result["champions"][0]["name"]
+    out = tmp_path / "pulled"
+    json_out(study("pull", name, "--out", out, "--tracking-uri", mlflow_server.tracking_uri, "--json", env=no_aws))
+    scored = json_out(study("score", out, "--samples", 20, "--test-limit", 50, "--json", env=no_aws))
+    assert math.isclose(scored["test_ll"], float(t.champion(name).tags["test_ll"]), rel_tol=1e-6)
+
+
+def test_two_node_cluster_without_a_shared_dataset_folder(base_env, tmp_path, monkeypatch):
+    from ray.cluster_utils import Cluster
+
+    # The nodes' processes (workers included) see no dataset cache and no mirror: had a trial
+    # read the dataset from disk, it would fail. They get it from Ray's object store.
+    monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "no-cache-here"))
+    monkeypatch.setenv("STUDY_DATA_MIRROR", "")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        space = small_space(tmp_path, name="twonodes", search={"algorithm": "tpe", "seed": 0,
+                                                               "trials_per_model": 4, "max_concurrent": 2})
+        result = json_out(study("run", space, "--address", cluster.address, "--json", env=base_env))
+    finally:
+        cluster.shutdown()
+    t = Tracked(f"sqlite:///{base_env['STUDY_HOME']}/mlflow.db", "twonodes")
+    assert len(t.trials) == 4 and all(r.info.status == "FINISHED" for r in t.trials)
+    assert len({r.data.tags["ray.node_id"] for r in t.trials}) == 2
+    assert result["champions"]
+    assert not (tmp_path / "no-cache-here").exists()

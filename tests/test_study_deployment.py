@@ -71,3 +71,26 @@ def test_two_node_cluster_without_a_shared_dataset_folder(base_env, tmp_path, mo
     assert len({r.data.tags["ray.node_id"] for r in t.trials}) == 2
     assert result["champions"]
     assert not (tmp_path / "no-cache-here").exists()
+
+
+def test_fractional_gpus_share_a_gpu_and_too_many_are_refused(base_env, tmp_path):
+    """On a cluster with one (pretended) GPU, trials asking for 0.5 run two at a time; asking for
+    two GPUs per trial is refused at once, before anything is created."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 1})
+    try:
+        too_many = study("run", small_space(tmp_path, name="toomany", resources={"cpus": 1, "gpus": 2}),
+                         "--address", cluster.address, env=base_env)
+        assert too_many.returncode == 2 and "resources.gpus" in too_many.stderr and "has 1" in too_many.stderr
+        assert not Path(base_env["STUDY_HOME"]).exists()
+
+        space = small_space(tmp_path, name="halfgpu", resources={"cpus": 1, "gpus": 0.5},
+                            search={"algorithm": "tpe", "seed": 0, "trials_per_model": 2, "max_concurrent": 2})
+        json_out(study("run", space, "--address", cluster.address, "--json", env=base_env))
+    finally:
+        cluster.shutdown()
+    t = Tracked(f"sqlite:///{base_env['STUDY_HOME']}/mlflow.db", "halfgpu")
+    (a, b) = sorted(t.trials, key=lambda r: r.info.start_time)
+    assert a.info.status == b.info.status == "FINISHED"
+    assert b.info.start_time < a.info.end_time  # they shared the GPU at the same time

@@ -19,11 +19,10 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# A first real job: hvae + VampPrior on static MNIST for 3 epochs, scored on 1000 test images
-# with 5000 importance samples (a few minutes on 2 CPU cores).
+# A first real study: search_spaces/quickstart.yaml on the embedded default (local Ray, MLflow
+# on SQLite, storage on disk, all under ./studies): about 2 minutes on 2 CPU cores.
 first-run: install
-	$(BIN)/study train --dataset static_mnist --model hvae --prior vampprior --K 500 \
-		--epochs 3 --test-limit 1000 --output outputs/first-run --json
+	$(BIN)/study run search_spaces/quickstart.yaml
 
 test: install
 	$(BIN)/python -m pytest tests -q --durations=10

@@ -96,13 +96,16 @@ def _register(client: MlflowClient, tracker, champion: Champion, evaluation: dic
         values["bits_per_dim"] = metrics["bits_per_dim"]
     client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in values.items()],
                      tags=[RunTag("vamp.champion", "true")])
+    if not any(a.path == "model" for a in client.list_artifacts(run_id)):  # logged when the trial ended
+        tracker.log_model(run_id, champion.config, champion.checkpoint)
     with tempfile.TemporaryDirectory(prefix="vamp-register-") as tmp:
         for relative, data in evaluation["files"].items():
             path = Path(tmp) / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         client.log_artifacts(run_id, tmp)
-        sha256 = json.loads((Path(tmp) / "model" / "config.json").read_text())["weights_sha256"]
+        config = Path(client.download_artifacts(run_id, "model/config.json", tmp))
+        sha256 = json.loads(config.read_text())["weights_sha256"]
     name = champion.registered_name
     try:
         client.create_registered_model(name, description=f"{champion.model} with the {champion.prior} prior "

@@ -7,6 +7,7 @@ tracking server, a SQLite store never sees two writers, and a trial is found aga
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
 
 from trainables.config import MIXTURE_PRIORS, TrainConfig
+from trainables.tune_trainable import save_trial_model
 
 ROLE, STUDY, TRIAL_ID = "vamp.role", "vamp.study", "vamp.trial_id"
 STOP_REASON, FAILURE, NODE_ID = "vamp.stop_reason", "vamp.failure", "ray.node_id"
@@ -90,6 +92,12 @@ class StudyTracker:
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(run_id, status)
 
+    def log_model(self, run_id: str, config: TrainConfig, checkpoint) -> None:
+        """Log a trial's best weights and config as the run's `model/` artifacts."""
+        with tempfile.TemporaryDirectory(prefix="vamp-model-") as tmp:
+            self.client.log_artifacts(run_id, str(save_trial_model(config, checkpoint, Path(tmp) / "model")),
+                                      "model")
+
     def trial_runs(self) -> list:
         """Every trial run of the study, newest first."""
         return self.client.search_runs([self.experiment_id], f"tags.`{ROLE}` = 'trial'", max_results=10000)
@@ -137,7 +145,10 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         reason = (trial.last_result or {}).get("stop_reason") or "asha"  # ASHA stops without a last word
-        self.tracker.end_run(self._run(trial), "FINISHED", **{STOP_REASON: reason})
+        run_id = self._run(trial)
+        if trial.checkpoint is not None:
+            self.tracker.log_model(run_id, self.config_of(self.base, trial.config), trial.checkpoint)
+        self.tracker.end_run(run_id, "FINISHED", **{STOP_REASON: reason})
 
     def on_trial_error(self, iteration, trials, trial, **info):
         message = _error_text(trial)[-4000:]

@@ -40,6 +40,8 @@ def test_quickstart_end_to_end(home, tmp_path):
         epochs = t.epochs(run)
         assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= 1  # once per epoch, in order
         assert {"val_loss", "val_re", "val_kl", "beta", "epoch_seconds"} <= set(run.data.metrics)
+        files = {a.path for a in t.client.list_artifacts(run.info.run_id, "model")}
+        assert files == {"model/weights.pt", "model/config.json"}  # every trial's best weights
 
     # one registered champion per (model, prior) group, scored, with the alias
     for group in result["champions"]:

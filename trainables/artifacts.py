@@ -29,10 +29,15 @@ def sha256_file(path: Path) -> str:
 
 def save_model(model: Model, config: TrainConfig, folder: Path, extra: dict | None = None) -> Path:
     """Write the model's current weights and config into `folder` (created if needed)."""
+    return save_weights(model.state_dict(), config, folder, extra)
+
+
+def save_weights(state: dict, config: TrainConfig, folder: Path, extra: dict | None = None) -> Path:
+    """Write a model's state dict and config into `folder` (created if needed)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights.with_suffix(".tmp"))
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, weights.with_suffix(".tmp"))
     os.replace(weights.with_suffix(".tmp"), weights)
     meta = {"format": FORMAT, "config": config.to_dict(), "weights_sha256": sha256_file(weights),
             **(extra or {})}

@@ -19,9 +19,9 @@ import ray
 import torch
 from ray import tune
 
-from trainables.artifacts import save_model
+from trainables.artifacts import save_weights
 from trainables.config import TrainConfig
-from trainables.experiment import Trial, prepare, score
+from trainables.experiment import prepare, score
 from trainables.figures import save_figures
 from trainables.train import EpochMetrics, Trainer
 
@@ -78,29 +78,32 @@ def _resolve(splits):
     return ray.get(splits) if isinstance(splits, ray.ObjectRef) else splits
 
 
-def load_trial(config: TrainConfig, splits, checkpoint: tune.Checkpoint) -> Trial:
-    """The trial's model with the best weights its checkpoint holds."""
-    trial = prepare(config, _resolve(splits))
+def best_weights(checkpoint: tune.Checkpoint, device="cpu") -> dict:
+    """The best weights (a state dict) a trial's checkpoint holds."""
     with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=trial.device, weights_only=True)
-    trial.model.load_state_dict(state["best_model"])
-    return trial
+        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+    return state["best_model"]
+
+
+def save_trial_model(config: TrainConfig, checkpoint: tune.Checkpoint, folder: Path) -> Path:
+    """The trial's best weights and config as a saved model folder (see trainables.artifacts)."""
+    return save_weights(best_weights(checkpoint), config, folder)
 
 
 def evaluate_checkpoint(config: TrainConfig, splits, checkpoint: tune.Checkpoint, title: str) -> dict:
-    """Test figures of a trial's best weights, with the model folder and the figures as bytes:
-    {"metrics": {...}, "files": {"model/weights.pt": b"...", "figures/generations.png": b"...", ...}}."""
-    trial = load_trial(config, splits, checkpoint)
+    """Test figures of a trial's best weights, and its figures as bytes:
+    {"metrics": {...}, "files": {"figures/generations.png": b"...", ...}}."""
+    trial = prepare(config, _resolve(splits))
+    trial.model.load_state_dict(best_weights(checkpoint, trial.device))
     scores = score(trial)
     per_example = scores.pop("per_example_ll")
     with tempfile.TemporaryDirectory(prefix="vamp-eval-") as tmp:
         folder = Path(tmp)
-        save_model(trial.model, config, folder / "model", extra={"metrics": scores})
         save_figures(trial.model, trial.data.test, per_example, trial.spec.shape, folder / "figures",
                      title=title, generations=16 if config.model == "pixelhvae" else 64)
         files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
     return {"metrics": scores, "files": files}
 
 
-__all__ = ["CHECKPOINT_FILE", "evaluate_checkpoint", "load_trial", "stop_reason", "train_trial",
-           "trial_config"]
+__all__ = ["CHECKPOINT_FILE", "best_weights", "evaluate_checkpoint", "save_trial_model", "stop_reason",
+           "train_trial", "trial_config"]

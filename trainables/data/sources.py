@@ -91,10 +91,10 @@ def acquire(
             continue
         return dest
     where = (
-        f"{mirror / source.path}, then pass --mirror {mirror} or set {MIRROR_ENV}={mirror}"
+        f"{mirror / source.path} (the mirror folder in use)"
         if mirror is not None
         else f"DIR/{source.path} for a folder DIR of your choice, "
-        f"then pass --mirror DIR or set {MIRROR_ENV}=DIR"
+        f"then set {MIRROR_ENV}=DIR (or run `study data fetch {dataset} --mirror DIR`)"
     )
     raise DataError(
         f"{dataset}: cannot fetch {source.filename} ({'; '.join(reasons)}). "

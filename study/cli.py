@@ -14,12 +14,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from study.errors import StudyInterrupted
+from study.stack import stack_app
 from trainables.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter studies of the VampPrior paper's models.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: download, verify, cache.")
 app.add_typer(data_app, name="data")
+app.add_typer(stack_app, name="stack")
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 

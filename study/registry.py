@@ -74,9 +74,7 @@ def register_champions(study, log) -> list[dict]:
 
 
 def _run_id(tracker, champion: Champion) -> str:
-    from study.tracking import TRIAL_ID
-
-    run = tracker._find(**{TRIAL_ID: champion.trial_id})
+    run = tracker.run_of_trial(champion.trial_id)
     if run is None:
         raise RuntimeError(f"no MLflow run for trial {champion.trial_id}")
     return run.info.run_id

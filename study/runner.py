@@ -129,14 +129,20 @@ def run_trials(spec, targets: Targets, splits, *, resume: bool, console: Console
     parent_id = tracker.parent_run({"dataset": spec.dataset, "models": ",".join(spec.models),
                                     "priors": ",".join(spec.priors()), **targets.public()})
     study = StudyRun(spec, targets, tracker, parent_id, ray.put(splits))
-    for model in spec.models:
-        callbacks = [TrackingCallback(tracker, parent_id, base_config(spec, model), trial_config),
-                     LiveTable(console, f"{spec.name}: {model}")]
-        tuner = tuner_for(spec, model, targets, callbacks, study.splits_ref, resume)
-        grid = tuner.fit()
-        if grid.num_terminated + grid.num_errors < spec.search.trials_per_model:
-            raise StudyInterrupted(f"study {spec.name!r} was interrupted during the trials of {model}; "
-                                   f"its state is saved in {targets.storage}: continue with `study resume "
-                                   f"{spec.source}`")
-        study.results[model] = grid
+    try:
+        for model in spec.models:
+            callbacks = [TrackingCallback(tracker, parent_id, base_config(spec, model), trial_config),
+                         LiveTable(console, f"{spec.name}: {model}")]
+            tuner = tuner_for(spec, model, targets, callbacks, study.splits_ref, resume)
+            grid = tuner.fit()
+            if grid.num_terminated + grid.num_errors < spec.search.trials_per_model:
+                raise StudyInterrupted(f"study {spec.name!r} was interrupted during the trials of {model}; "
+                                       f"its state is saved in {targets.storage}: continue with `study resume "
+                                       f"{spec.source}`")
+            study.results[model] = grid
+    except StudyInterrupted:
+        raise  # the parent run stays open: `study resume` continues it
+    except BaseException:
+        tracker.end_run(parent_id, "FAILED")
+        raise
     return study

@@ -1,5 +1,6 @@
 """Real servers on 127.0.0.1: a private PostgreSQL cluster, an S3-compatible endpoint (moto's
-server) and an MLflow tracking server (PostgreSQL backend store, artifacts proxied to S3).
+server), an MLflow tracking server (PostgreSQL backend store, artifacts proxied to S3) and a Ray
+head node (on the loopback address 127.0.0.2: see :class:`RayHead`).
 
 Integration tests start these servers through this module, and ``study stack up|down|status``
 (a local development stack) wraps the same classes, so this is the only copy of the logic.
@@ -567,8 +568,18 @@ class S3Server(Service):
     secret_key = "vamp-test-secret-key"
     region = "us-east-1"
 
-    def __init__(self, port: int | None = None, folder: Path | str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        folder: Path | str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+    ) -> None:
         folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="vamp-s3-"))
+        if access_key:
+            self.access_key = access_key  # moto accepts any keys: these are what clients are told
+        if secret_key:
+            self.secret_key = secret_key
         super().__init__(folder / "moto.log", port)
 
     @property
@@ -621,9 +632,15 @@ class S3Server(Service):
             keys.extend(item["Key"] for item in page.get("Contents", []))
         return sorted(keys)
 
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "access_key": self.access_key, "secret_key": self.secret_key}
+
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> "S3Server":
-        return super().from_state(state)
+        obj = super().from_state(state)
+        if state.get("access_key"):
+            obj.access_key, obj.secret_key = state["access_key"], state["secret_key"]
+        return obj
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -755,15 +772,216 @@ class MlflowServer(Service):
         return obj
 
 
+# --------------------------------------------------------------------------- Ray head
+
+
+def _environ_has(pid: int, entry: bytes) -> bool:
+    """Whether process ``pid`` was started with the environment entry ``entry`` (``NAME=value``)."""
+    try:
+        return entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+class RayHead(Service):
+    """A Ray head node (``ray start --head --block``): GCS on ``port``, no dashboard, no usage
+    stats, ``num_cpus`` CPUs (default: Ray's count), logs and sockets in its own temp folder.
+
+    Drivers join it with ``ray.init(address=head.address)`` and the environment of
+    :meth:`client_env`: token authentication is on (``RAY_AUTH_MODE=token``) with a token of this
+    head only (``<folder>/auth_token``, mode 0600, named by ``RAY_AUTH_TOKEN_PATH``), not the
+    user's ``~/.ray/auth_token``.
+
+    Addresses: Ray turns ``--node-ip-address=127.0.0.1`` into the machine's outward address, so
+    the node is announced on ``127.0.0.2`` (another loopback address, which Ray leaves alone);
+    ``address`` is ``127.0.0.2:PORT``. Ray's GCS and raylet bind every interface whatever the node
+    address is (no Ray option changes that). The other ports Ray would take by fixed default
+    (dashboard 8265, agent 52365, ...) are free ports, so heads of several stacks can run at once.
+
+    ``env`` goes to the head's processes (and so to every Ray worker), e.g. the S3 endpoint and
+    keys that trials need to write checkpoints to S3 storage. MLflow credentials are not given.
+
+    Stopping. The workers of a raylet start their own process groups and the agents can outlive
+    the raylet, so the process group is not enough. Every process of this head carries a marker in
+    its environment (``VAMP_RAY_HEAD=<random id>``, inherited from ``ray start``), found in
+    ``/proc/*/environ`` (:meth:`processes`) however it was re-parented; ``stop()`` sends SIGTERM to
+    ``ray start`` (which stops its children), then SIGTERM and SIGKILL to whatever carries the
+    marker. ``ray stop`` is not used: it stops every Ray on the machine.
+    """
+
+    kind = "ray"
+    start_timeout = 120.0
+    stop_grace = 15.0
+    node_ip = "127.0.0.2"
+    marker_name = "VAMP_RAY_HEAD"
+    _temp_dir_max = 40  # the session's Unix socket paths add about 65 bytes (limit 107)
+
+    def __init__(
+        self,
+        port: int | None = None,
+        num_cpus: int | None = None,
+        folder: Path | str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.folder = (Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="vamp-ray-"))).resolve()
+        self.num_cpus = num_cpus
+        self.server_env = dict(env or {})
+        self.marker = secrets.token_hex(12)
+        self.temp_dir = self._choose_temp_dir()
+        self.ports: dict[str, int] = {}
+        super().__init__(self.folder / "ray.log", port)
+
+    # -- folders and token
+    def _choose_temp_dir(self) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        link = self.folder / "tmp"
+        if link.is_symlink() and link.resolve().is_dir() and len(str(link.resolve())) <= self._temp_dir_max:
+            return link.resolve()
+        if len(str(link)) <= self._temp_dir_max and not link.is_symlink():
+            return link
+        temp = Path(tempfile.mkdtemp(prefix="vamp-ray-", dir="/tmp"))
+        link.unlink(missing_ok=True)
+        link.symlink_to(temp)
+        return temp
+
+    @property
+    def token_path(self) -> Path:
+        return self.folder / "auth_token"
+
+    def _write_token(self) -> None:
+        if not self.token_path.exists():
+            with open(os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+                handle.write(secrets.token_hex(32))
+
+    @property
+    def address(self) -> str:
+        """The GCS address a driver joins: ``ray.init(address=...)`` / RAY_ADDRESS."""
+        return f"{self.node_ip}:{self.port}"
+
+    @property
+    def session_dirs(self) -> list[Path]:
+        """The head's session folders (logs under ``<session>/logs``)."""
+        return sorted(p for p in self.temp_dir.glob("session_*") if p.is_dir() and not p.is_symlink())
+
+    # -- the process
+    def command(self) -> list[str]:
+        exe = Path(sys.executable).with_name("ray")
+        if not self.ports:
+            self.ports = {name: free_port() for name in (
+                "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                "runtime-env-agent-port", "metrics-export-port")}
+        cmd = [
+            str(exe) if exe.exists() else "ray", "start", "--head", "--block",
+            f"--node-ip-address={self.node_ip}", "--port", str(self.port),
+            "--disable-usage-stats", "--include-dashboard=false",
+            "--temp-dir", str(self.temp_dir),
+        ]
+        for name, port in self.ports.items():
+            cmd += [f"--{name}", str(port)]
+        if self.num_cpus is not None:
+            cmd += ["--num-cpus", str(self.num_cpus)]
+        return cmd
+
+    def environment(self) -> dict[str, str]:
+        drop = ("AWS_", "MLFLOW_", "RAY_ADDRESS", "RAY_AUTH_", "STUDY_STORAGE")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+        env.update(self.server_env)
+        env.update(self.client_env())
+        env.pop("RAY_ADDRESS", None)
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env[self.marker_name] = self.marker
+        return env
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for drivers that join this head."""
+        return {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+
+    def launch(self) -> None:
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self._write_token()
+        super().launch()
+
+    def ready(self) -> bool:
+        return "Ray runtime started" in tail(self.log_path, 200) and port_in_use(self.port)
+
+    def processes(self) -> list[int]:
+        """PIDs of the live processes of this head (GCS, raylet, agents, workers), found by the
+        marker in their environment."""
+        entry = f"{self.marker_name}={self.marker}".encode()
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and _environ_has(int(proc.name), entry) and not _is_zombie(int(proc.name)):
+                pids.append(int(proc.name))
+        return pids
+
+    def terminate(self) -> None:
+        if self.pid is not None and pid_alive(self.pid, self.start_time):
+            try:
+                os.kill(self.pid, signal.SIGTERM)  # `ray start --block` stops its children
+            except ProcessLookupError:
+                pass
+        gone = lambda: not self.processes() and not pid_alive(self.pid, self.start_time)  # noqa: E731
+        if not _wait_for(gone, self.stop_grace):
+            for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
+                for pid in self.processes():
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+                if _wait_for(gone, wait):
+                    break
+            else:
+                raise RuntimeError(f"ray head {self.address}: processes {self.processes()} did not exit")
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+
+    @property
+    def running(self) -> bool:
+        return pid_alive(self.pid, self.start_time)
+
+    def remove(self) -> None:
+        """Stop the head and delete its folder and temp folder (logs, sessions, token)."""
+        self.stop()
+        link = self.folder / "tmp"
+        if link.is_symlink():
+            shutil.rmtree(link.resolve(), ignore_errors=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "address": self.address, "folder": str(self.folder),
+                "temp_dir": str(self.temp_dir), "marker": self.marker, "num_cpus": self.num_cpus,
+                "ports": self.ports}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "RayHead":
+        obj = super().from_state(state)
+        obj.folder = Path(state["folder"])
+        obj.temp_dir = Path(state["temp_dir"])
+        obj.marker = state["marker"]
+        obj.num_cpus = state.get("num_cpus")
+        obj.ports = dict(state.get("ports") or {})
+        obj.server_env = {}
+        return obj
+
+
 # --------------------------------------------------------------------------- the local stack
 
 
 class LocalStack:
     """PostgreSQL + S3 (moto, bucket ``vamp-study``) + MLflow (PostgreSQL backend store,
-    artifacts proxied to ``s3://vamp-study/mlflow``) on 127.0.0.1, logs under ``folder``.
+    artifacts proxied to ``s3://vamp-study/mlflow``) and, with ``ray=True``, a Ray head
+    (:class:`RayHead`, whose workers get the S3 endpoint and keys for Ray storage), on loopback
+    addresses, logs under ``folder``.
 
-    ``env()`` is what a user exports to use it (tracking URI, S3 endpoint and keys for Ray
-    storage); ``storage_uri`` (``s3://vamp-study/ray``) is where Ray storage goes.
+    ``auth=(user, password)`` turns on MLflow's basic authentication. ``s3_keys=(access key,
+    secret key)`` and ``postgres_password`` replace the generated/fixed credentials.
+
+    ``env()`` is what a user exports to use it (tracking URI and credentials, S3 endpoint and
+    keys, ``STUDY_STORAGE`` and, with the Ray head, RAY_ADDRESS and its token settings);
+    ``storage_uri`` (``s3://vamp-study/ray``) is where Ray storage goes.
     ``save_state`` / ``load_state`` let a later process report on it or stop it.
     The S3 objects live in moto's memory and are lost on stop; the PostgreSQL cluster stays
     in ``folder`` (or its /tmp cluster folder) until :meth:`remove`.
@@ -772,12 +990,26 @@ class LocalStack:
     bucket = "vamp-study"
     state_file = "stack.json"
 
-    def __init__(self, folder: Path | str, auth: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path | str,
+        auth: tuple[str, str] | None = None,
+        *,
+        ray: bool = False,
+        num_cpus: int | None = None,
+        s3_keys: tuple[str, str] | None = None,
+        postgres_password: str | None = None,
+    ) -> None:
         self.folder = Path(folder).resolve()
         self.auth = tuple(auth) if auth else None
+        self.with_ray = ray
+        self.num_cpus = num_cpus
+        self.s3_keys = tuple(s3_keys) if s3_keys else None
+        self.postgres_password = postgres_password
         self.postgres: PostgresServer | None = None
         self.s3: S3Server | None = None
         self.mlflow: MlflowServer | None = None
+        self.ray: RayHead | None = None
 
     @property
     def storage_uri(self) -> str:
@@ -785,16 +1017,17 @@ class LocalStack:
 
     @property
     def services(self) -> list[Service]:
-        return [s for s in (self.postgres, self.s3, self.mlflow) if s is not None]
+        return [s for s in (self.postgres, self.s3, self.mlflow, self.ray) if s is not None]
 
     def start(self) -> "LocalStack":
-        """Start PostgreSQL and S3, create the bucket, then start MLflow. On failure, stop
-        what was started and re-raise."""
+        """Start PostgreSQL and S3, create the bucket, then start MLflow (and the Ray head). On
+        failure, stop what was started and re-raise."""
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
-            self.postgres = PostgresServer(self.folder / "postgres")
+            self.postgres = PostgresServer(self.folder / "postgres", password=self.postgres_password)
             self.postgres.start()
-            self.s3 = S3Server(folder=self.folder / "s3")
+            access, secret = self.s3_keys or (None, None)
+            self.s3 = S3Server(folder=self.folder / "s3", access_key=access, secret_key=secret)
             self.s3.start()
             self.s3.create_bucket(self.bucket)
             self.mlflow = MlflowServer(
@@ -805,6 +1038,10 @@ class LocalStack:
                 folder=self.folder / "mlflow",
             )
             self.mlflow.start()
+            if self.with_ray:
+                s3_env = {k: v for k, v in self.s3.env().items() if k.startswith("AWS_")}
+                self.ray = RayHead(num_cpus=self.num_cpus, folder=self.folder / "ray", env=s3_env)
+                self.ray.start()
         except BaseException:
             try:
                 self.stop()
@@ -814,7 +1051,7 @@ class LocalStack:
         return self
 
     def stop(self) -> None:
-        """Stop MLflow, S3 and PostgreSQL (in that order); nothing is left running."""
+        """Stop the Ray head, MLflow, S3 and PostgreSQL (in that order); nothing is left running."""
         errors = []
         for service in reversed(self.services):
             try:
@@ -825,8 +1062,10 @@ class LocalStack:
             raise RuntimeError(f"stopping the stack: {errors}")
 
     def remove(self) -> None:
-        """Stop the stack and delete the PostgreSQL cluster."""
+        """Stop the stack and delete the PostgreSQL cluster (and the Ray head's folders)."""
         self.stop()
+        if self.ray is not None:
+            self.ray.remove()
         if self.postgres is not None:
             self.postgres.remove()
 
@@ -841,10 +1080,14 @@ class LocalStack:
     def env(self) -> dict[str, str]:
         """The environment a user exports: MLFLOW_TRACKING_URI (and credentials with auth),
         AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL (Ray
-        storage in S3), MLFLOW_S3_ENDPOINT_URL."""
+        storage in S3), MLFLOW_S3_ENDPOINT_URL, STUDY_STORAGE and, with the Ray head,
+        RAY_ADDRESS, RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH."""
         if self.s3 is None or self.mlflow is None:
             raise RuntimeError("the stack is not started")
-        return {**self.s3.env(), **self.mlflow.client_env()}
+        env = {**self.s3.env(), **self.mlflow.client_env(), "STUDY_STORAGE": self.storage_uri}
+        if self.ray is not None:
+            env.update(self.ray.client_env())
+        return env
 
     def state(self) -> dict[str, Any]:
         return {
@@ -855,28 +1098,33 @@ class LocalStack:
             "postgres": self.postgres.state() if self.postgres else None,
             "s3": self.s3.state() if self.s3 else None,
             "mlflow": self.mlflow.state() if self.mlflow else None,
+            "ray": self.ray.state() if self.ray else None,
         }
 
     def save_state(self, path: Path | str | None = None) -> Path:
-        """Write :meth:`state` as JSON (mode 0600: it holds the database password) to ``path``
+        """Write :meth:`state` as JSON (mode 0600: it holds the passwords and keys) to ``path``
         (default ``<folder>/stack.json``); returns the path."""
         path = Path(path) if path is not None else self.folder / self.state_file
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
             json.dump(self.state(), handle, indent=2)
+        os.chmod(path, 0o600)
         return path
 
     @classmethod
     def load_state(cls, path: Path | str) -> "LocalStack":
         """A stack object for servers started by another process, from :meth:`save_state`."""
         state = json.loads(Path(path).read_text())
-        stack = cls(state["folder"], auth=tuple(state["auth"]) if state.get("auth") else None)
+        stack = cls(state["folder"], auth=tuple(state["auth"]) if state.get("auth") else None,
+                    ray=bool(state.get("ray")))
         if state.get("postgres"):
             stack.postgres = PostgresServer.from_state(state["postgres"])
         if state.get("s3"):
             stack.s3 = S3Server.from_state(state["s3"])
         if state.get("mlflow"):
             stack.mlflow = MlflowServer.from_state(state["mlflow"])
+        if state.get("ray"):
+            stack.ray = RayHead.from_state(state["ray"])
         return stack
 
     def __enter__(self) -> "LocalStack":
@@ -889,5 +1137,5 @@ class LocalStack:
 __all__ = [
     "HOST", "free_port", "port_in_use", "process_start_time", "pid_alive", "stop_pid", "tail",
     "group_members", "basic_auth_available",
-    "Service", "PostgresServer", "S3Server", "MlflowServer", "LocalStack",
+    "Service", "PostgresServer", "S3Server", "MlflowServer", "RayHead", "LocalStack",
 ]

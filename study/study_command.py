@@ -42,7 +42,11 @@ def run_study(space: Path, *, tracking_uri: str | None, storage: str | None, add
                   f"on {escape(spec.dataset)}; tracking {escape(plan['tracking_uri'])}, storage {escape(plan['storage'])}")
     try:
         study = run_trials(spec, targets, splits, resume=resume, console=console)
-        champions = register_champions(study, lambda msg: console.print(escape(msg)))
+        try:
+            champions = register_champions(study, lambda msg: console.print(escape(msg)))
+        except BaseException:
+            study.tracker.end_run(study.parent_id, "FAILED")  # `study resume` registers what is missing
+            raise
         study.tracker.end_run(study.parent_id, "FINISHED")
     finally:
         ray.shutdown()

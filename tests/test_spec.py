@@ -100,8 +100,27 @@ def test_defaults_are_trainconfig_defaults(tmp_path: Path) -> None:
     assert (spec.search.algorithm, spec.resources.gpus) == ("tpe", 0)
 
 
-def test_train_config_applies_fixed_fields() -> None:
-    spec = load_space(SPACES / "quickstart.yaml")
+SMALL_SPACE = """
+name: small
+dataset: static_mnist
+models: [vae]
+space:
+  lr: {loguniform: [1.0e-4, 1.0e-3]}
+  priors: {standard: {}, vampprior: {K: [50]}}
+fixed: {epochs: 3, warmup: 2, patience: 2, batch_size: 100, hidden: 300, train_limit: 2000}
+evaluation: {samples: 500, test_limit: 500}
+"""
+
+
+@pytest.fixture
+def small_space(tmp_path: Path) -> Path:
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL_SPACE)
+    return path
+
+
+def test_train_config_applies_fixed_fields(small_space: Path) -> None:
+    spec = load_space(small_space)
     config = spec.train_config(model="vae", prior="vampprior", lr=3e-4, K=50, seed=7)
     assert isinstance(config, TrainConfig)
     assert config == TrainConfig(dataset="static_mnist", model="vae", prior="vampprior", K=50, lr=3e-4, seed=7,
@@ -113,9 +132,9 @@ def test_train_config_applies_fixed_fields() -> None:
 
 
 @pytest.mark.parametrize("model, prior, error", [("hvae", "standard", ValueError), ("vae", "mog", KeyError)])
-def test_train_config_rejects_what_the_study_lacks(model: str, prior: str, error: type) -> None:
+def test_train_config_rejects_what_the_study_lacks(model: str, prior: str, error: type, small_space: Path) -> None:
     with pytest.raises(error):
-        load_space(SPACES / "quickstart.yaml").train_config(model=model, prior=prior, lr=1e-4, K=None, seed=0)
+        load_space(small_space).train_config(model=model, prior=prior, lr=1e-4, K=None, seed=0)
 
 
 def test_spec_is_frozen_and_round_trips() -> None:

@@ -108,6 +108,7 @@ space:
   lr: {loguniform: [1.0e-4, 1.0e-3]}
   priors: {standard: {}, vampprior: {K: [50]}}
 fixed: {epochs: 3, warmup: 2, patience: 2, batch_size: 100, hidden: 300, train_limit: 2000}
+early_stopping: {grace_period: 1, reduction_factor: 2}
 evaluation: {samples: 500, test_limit: 500}
 """
 

@@ -97,3 +97,13 @@ def test_discretized_logistic_samples_follow_the_distribution():
     # L1 distance of an empirical histogram: about sum_k sqrt(2 p_k / (pi n)) ~ 0.018 by chance
     assert float((counts - probs).abs().sum()) < 0.04
     assert abs(float(draws.mean()) - float((probs * x.flatten().double()).sum())) < 1e-3
+
+
+def test_log_bernoulli_shares_one_image_across_its_draws():
+    """(N, 1, D) images against (N, S, D) logits, as in the IS estimate, equals draw by draw."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((3, 1, 50), 0.3), generator=g)
+    logits = torch.randn(3, 7, 50, generator=g) * 4
+    shared = log_bernoulli_logits(x, logits)
+    one_by_one = torch.stack([log_bernoulli_logits(x[:, 0], logits[:, s]) for s in range(7)], dim=1)
+    torch.testing.assert_close(shared, one_by_one, rtol=1e-6, atol=1e-4)

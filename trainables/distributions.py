@@ -39,8 +39,16 @@ def log_normal_mixture(z: Tensor, means: Tensor, logvars: Tensor, log_weights: T
 
 
 def log_bernoulli_logits(x: Tensor, logits: Tensor) -> Tensor:
-    """log Bern(x; sigmoid(logits)), exact for any logits."""
-    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+    """log Bern(x; sigmoid(l)) = sum_d x_d l_d - softplus(l_d), for any x in [0, 1].
+
+    The sum of x_d l_d is a matrix product; when x is (N, 1, D) against logits (N, S, D), as in
+    the importance-sampled likelihood, all S draws of an image share its x in one batched product.
+    """
+    if logits.dim() == 3 and x.dim() == 3 and x.shape[1] == 1:
+        dot = torch.bmm(logits, x.transpose(1, 2)).squeeze(-1)
+    else:
+        dot = (x * logits).sum(-1)
+    return dot - F.softplus(logits).sum(-1)
 
 
 def _log_sigmoid_difference(upper: Tensor, lower: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # Use the dataset mirror beside the clone when there is one (machines without internet).
 export STUDY_DATA_MIRROR ?= $(abspath $(wildcard ../shared/datasets))
 
-.PHONY: install first-run test clean
+.PHONY: install system-deps first-run test clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,18 @@ install: $(BIN)/.installed
 first-run: install
 	$(BIN)/study run search_spaces/quickstart.yaml
 
-test: install
-	$(BIN)/python -m pytest tests -q --durations=10
+# The integration tests start real servers and a real browser: PostgreSQL 15's server
+# binaries, Chromium and its driver (Debian packages; installed here when missing and root).
+SYSTEM_PACKAGES := chromium chromium-driver postgresql-15
+system-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+	    && [ -x /usr/lib/postgresql/15/bin/initdb ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	else echo "the tests need: sudo apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; fi
+
+test: install system-deps
+	$(BIN)/python -m pytest tests -q --durations=15
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

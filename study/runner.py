@@ -14,8 +14,11 @@ that exists. A trial whose restored checkpoint says it had finished reports and 
 """
 from __future__ import annotations
 
+import atexit
 import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ray
 from ray import tune
@@ -79,8 +82,31 @@ def local_gpus() -> int:
     return torch.cuda.device_count()
 
 
+#: AWS credentials that Ray Tune copies from the driver's environment into every trial's
+#: runtime environment, which Ray's runtime-env agent then writes to its log in clear.
+AWS_SECRET_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def keep_aws_keys_out_of_ray() -> None:
+    """Move AWS keys from the environment into a private credentials file (mode 600, removed at
+    exit) named by AWS_SHARED_CREDENTIALS_FILE, which boto3 and pyarrow read and Ray does not copy.
+    Nodes of a remote cluster use their own credentials, as they must anyway."""
+    keys = {name: os.environ.pop(name) for name in AWS_SECRET_VARIABLES if name in os.environ}
+    if not keys:
+        return
+    profile = os.environ.get("AWS_PROFILE", "default")
+    fields = {"AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+              "AWS_SESSION_TOKEN": "aws_session_token", "AWS_SECURITY_TOKEN": "aws_security_token"}
+    descriptor, path = tempfile.mkstemp(prefix="vamp-aws-", suffix=".ini")
+    with os.fdopen(descriptor, "w") as f:  # mkstemp creates it readable by its owner only
+        f.write(f"[{profile}]\n" + "".join(f"{fields[k]} = {v}\n" for k, v in keys.items()))
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = path
+    atexit.register(lambda: Path(path).unlink(missing_ok=True))
+
+
 def start_ray(targets: Targets, spec) -> None:
     """Join the cluster at `targets.address`, or start a local Ray instance."""
+    keep_aws_keys_out_of_ray()
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")  # see the module docstring
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if targets.address:

@@ -608,6 +608,27 @@ class S3Server(Service):
             "MLFLOW_S3_ENDPOINT_URL": self.endpoint_url,
         }
 
+    def write_credentials_file(self, path: Path | str) -> Path:
+        """Write this server's keys as the ``default`` profile of an AWS shared-credentials file
+        (mode 0600) and return its path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+            handle.write(f"[default]\naws_access_key_id = {self.access_key}\n"
+                         f"aws_secret_access_key = {self.secret_key}\n")
+        os.chmod(path, 0o600)
+        return path
+
+    def file_env(self, credentials_file: Path | str) -> dict[str, str]:
+        """Like :meth:`env`, but the keys come from ``credentials_file`` (see
+        :meth:`write_credentials_file`) through AWS_SHARED_CREDENTIALS_FILE, which boto3, pyarrow and
+        the AWS SDKs read. Ray Tune copies AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from a
+        driver's environment into the runtime environment of every trial, which Ray's runtime-env
+        agent writes to its log in clear; a file path is not copied and not a secret."""
+        env = {k: v for k, v in self.env().items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        env["AWS_SHARED_CREDENTIALS_FILE"] = str(Path(credentials_file).resolve())
+        return env
+
     def client(self):
         """A boto3 S3 client for this server with its credentials."""
         import boto3
@@ -701,7 +722,6 @@ class MlflowServer(Service):
         cmd = [
             str(exe) if exe.exists() else "mlflow", "server",
             "--host", HOST, "--port", str(self.port),
-            "--backend-store-uri", self.backend_store_uri,
             "--serve-artifacts", "--artifacts-destination", self.artifacts_destination,
             "--default-artifact-root", "mlflow-artifacts:/",
             "--workers", str(self.workers),
@@ -736,6 +756,9 @@ class MlflowServer(Service):
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
         env.update(self.server_env)
+        # The backend store URI holds the database password: in the environment, not on the
+        # command line, which every user of the machine can read (ps, /proc/PID/cmdline).
+        env["MLFLOW_BACKEND_STORE_URI"] = self.backend_store_uri
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         if self.auth:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -999,8 +1022,10 @@ class LocalStack:
         num_cpus: int | None = None,
         s3_keys: tuple[str, str] | None = None,
         postgres_password: str | None = None,
+        credentials_file: bool = False,
     ) -> None:
         self.folder = Path(folder).resolve()
+        self.credentials_file = credentials_file
         self.auth = tuple(auth) if auth else None
         self.with_ray = ray
         self.num_cpus = num_cpus
@@ -1038,8 +1063,10 @@ class LocalStack:
                 folder=self.folder / "mlflow",
             )
             self.mlflow.start()
+            if self.credentials_file:
+                self.s3.write_credentials_file(self.aws_credentials_path)
             if self.with_ray:
-                s3_env = {k: v for k, v in self.s3.env().items() if k.startswith("AWS_")}
+                s3_env = {k: v for k, v in self.s3_env().items() if k.startswith("AWS_")}
                 self.ray = RayHead(num_cpus=self.num_cpus, folder=self.folder / "ray", env=s3_env)
                 self.ray.start()
         except BaseException:
@@ -1077,14 +1104,26 @@ class LocalStack:
     def running(self) -> bool:
         return bool(self.services) and all(self.status().values())
 
+    @property
+    def aws_credentials_path(self) -> Path:
+        return self.folder / "s3" / "aws_credentials"
+
+    def s3_env(self) -> dict[str, str]:
+        """The S3 part of :meth:`env`: the keys themselves, or with ``credentials_file`` the path of
+        a shared-credentials file that holds them (see :meth:`S3Server.file_env`)."""
+        if self.s3 is None:
+            raise RuntimeError("the stack is not started")
+        return self.s3.file_env(self.aws_credentials_path) if self.credentials_file else self.s3.env()
+
     def env(self) -> dict[str, str]:
         """The environment a user exports: MLFLOW_TRACKING_URI (and credentials with auth),
-        AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL (Ray
-        storage in S3), MLFLOW_S3_ENDPOINT_URL, STUDY_STORAGE and, with the Ray head,
-        RAY_ADDRESS, RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH."""
+        AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or, with ``credentials_file``,
+        AWS_SHARED_CREDENTIALS_FILE), AWS_DEFAULT_REGION, AWS_ENDPOINT_URL (Ray storage in S3),
+        MLFLOW_S3_ENDPOINT_URL, STUDY_STORAGE and, with the Ray head, RAY_ADDRESS, RAY_AUTH_MODE
+        and RAY_AUTH_TOKEN_PATH."""
         if self.s3 is None or self.mlflow is None:
             raise RuntimeError("the stack is not started")
-        env = {**self.s3.env(), **self.mlflow.client_env(), "STUDY_STORAGE": self.storage_uri}
+        env = {**self.s3_env(), **self.mlflow.client_env(), "STUDY_STORAGE": self.storage_uri}
         if self.ray is not None:
             env.update(self.ray.client_env())
         return env
@@ -1095,6 +1134,7 @@ class LocalStack:
             "bucket": self.bucket,
             "storage_uri": self.storage_uri,
             "auth": list(self.auth) if self.auth else None,
+            "credentials_file": self.credentials_file,
             "postgres": self.postgres.state() if self.postgres else None,
             "s3": self.s3.state() if self.s3 else None,
             "mlflow": self.mlflow.state() if self.mlflow else None,
@@ -1116,7 +1156,7 @@ class LocalStack:
         """A stack object for servers started by another process, from :meth:`save_state`."""
         state = json.loads(Path(path).read_text())
         stack = cls(state["folder"], auth=tuple(state["auth"]) if state.get("auth") else None,
-                    ray=bool(state.get("ray")))
+                    ray=bool(state.get("ray")), credentials_file=bool(state.get("credentials_file")))
         if state.get("postgres"):
             stack.postgres = PostgresServer.from_state(state["postgres"])
         if state.get("s3"):

@@ -13,7 +13,10 @@ process by PID (from the state file; nothing is left behind), `status` reports e
 Credentials: the MLflow admin user is ``vamp`` with a generated password; S3 keys and the
 PostgreSQL password are generated as well. Each may be given through the environment
 (STUDY_STACK_MLFLOW_PASSWORD, STUDY_STACK_S3_ACCESS_KEY, STUDY_STACK_S3_SECRET_KEY,
-STUDY_STACK_POSTGRES_PASSWORD), never on the command line (where `ps` shows it).
+STUDY_STACK_POSTGRES_PASSWORD), never on the command line (where `ps` shows it). The S3 keys are
+exported as a file (AWS_SHARED_CREDENTIALS_FILE, mode 0600), not as AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY: Ray Tune copies those two from the driver's environment into every trial's
+runtime environment, and Ray's runtime-env agent writes that to its log in clear.
 """
 from __future__ import annotations
 
@@ -119,7 +122,7 @@ def up(folder: Path, *, num_cpus: int | None = None, mlflow_password: str | None
     if s3_keys is None:
         s3_keys = (f"vamp-{secrets.token_hex(6)}", secrets.token_urlsafe(24))
     stack = LocalStack(folder, auth=auth_pair, ray=True, num_cpus=num_cpus, s3_keys=s3_keys,
-                       postgres_password=postgres_password)
+                       postgres_password=postgres_password, credentials_file=True)
     stack.start()
     try:
         stack.save_state()

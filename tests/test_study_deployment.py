@@ -39,7 +39,8 @@ def test_remote_tracking_server_postgres_and_s3_storage(base_env, tmp_path, s3_s
     t = Tracked(mlflow_server.tracking_uri, "remote")
     assert {r.info.run_name for r in t.trials + t.parents} <= names and len(t.trials) == 3
     mlflow_keys = s3_server.list_keys(MLFLOW_BUCKET, "mlflow/")
-    assert sum(k.endswith("model/weights.pt") for k in mlflow_keys) == len(result["champions"])
+    assert sum(k.endswith("model/weights.pt") for k in mlflow_keys) == len(t.trials)  # every trial's best weights
+    assert sum(k.endswith("figures/generations.png") for k in mlflow_keys) == len(result["champions"])
 
     # a client without any S3 credentials pulls a champion through the server and scores it
     no_aws = {**base_env, **{k: "" for k in AWS_VARS}}

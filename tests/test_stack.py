@@ -1,0 +1,169 @@
+"""`study stack up|status|down` as real processes: the local development stack (PostgreSQL, moto S3,
+MLflow with basic auth, a Ray head) starts, is usable from its exported environment, and
+`down` leaves no process and no port behind."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from study.servers import port_in_use
+from tests.study_helpers import study
+
+REPO = Path(__file__).resolve().parents[1]
+EXPORTED = {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+            "AWS_SHARED_CREDENTIALS_FILE", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "STUDY_STORAGE", "RAY_ADDRESS",
+            "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"}
+KEY_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
+def live(pid: int) -> bool:
+    """Whether /proc holds a live (not zombie) process ``pid``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
+def marked(marker: str) -> list[int]:
+    """PIDs of live processes whose environment carries the Ray head's marker."""
+    entry = f"VAMP_RAY_HEAD={marker}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if entry in (proc / "environ").read_bytes().split(b"\0") and live(int(proc.name)):
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
+
+
+def descendants_of_session(sid: int) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(proc.name))
+    return pids
+
+
+def http_status(url: str, auth: tuple[str, str] | None = None) -> int:
+    headers = {}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def clean_env(home: Path) -> dict:
+    """No stack variables inherited from the caller's shell."""
+    env = {k: "" for k in EXPORTED | {"MLFLOW_S3_ENDPOINT_URL"}}
+    env["STUDY_HOME"] = str(home)
+    return env
+
+
+def test_stack_up_status_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    for name in KEY_VARS:  # the S3 keys come from the stack's credentials file only
+        monkeypatch.delenv(name, raising=False)
+    folder = tmp_path / "stack"
+    env = clean_env(tmp_path / "studies")
+    up = study("stack", "up", "--folder", folder, "--num-cpus", 2, "--json", env=env, timeout=180)
+    assert up.returncode == 0, up.stderr[-4000:]
+    try:
+        result = json.loads(up.stdout)
+        stack_env = result["env"]
+        assert EXPORTED <= stack_env.keys() and not set(KEY_VARS) & stack_env.keys()
+        credentials = Path(stack_env["AWS_SHARED_CREDENTIALS_FILE"])
+        assert oct(credentials.stat().st_mode & 0o777) == "0o600" and "aws_secret_access_key" in credentials.read_text()
+        assert stack_env["STUDY_STORAGE"] == "s3://vamp-study/ray" and stack_env["RAY_AUTH_MODE"] == "token"
+        state = json.loads((folder / "stack.json").read_text())
+        assert oct((folder / "stack.json").stat().st_mode & 0o777) == "0o600"
+        services = result["services"]
+        assert set(services) == {"postgres", "s3", "mlflow", "ray"} and all(s["up"] for s in services.values())
+        for host_port in (stack_env["MLFLOW_TRACKING_URI"].rsplit("/", 1)[-1], stack_env["AWS_ENDPOINT_URL"].rsplit("/", 1)[-1]):
+            assert host_port.startswith("127.0.0.1:")
+
+        # a second `up` from the same folder is refused
+        again = study("stack", "up", "--folder", folder, env=env, timeout=60)
+        assert again.returncode == 2 and "already running" in again.stderr
+
+        # MLflow refuses requests without credentials, accepts the exported ones
+        api = stack_env["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1"
+        assert http_status(api) == 401
+        assert http_status(api, ("vamp", "wrong-password")) == 401
+        assert http_status(api, (stack_env["MLFLOW_TRACKING_USERNAME"], stack_env["MLFLOW_TRACKING_PASSWORD"])) == 200
+
+        # a driver joins the Ray head with the exported environment; the S3 endpoint and bucket
+        # work with the exported keys, from the driver and from a Ray worker
+        driver = """
+import os, ray, boto3
+ray.init(log_to_driver=False)
+def put(key):
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    s3.put_object(Bucket="vamp-study", Key=key, Body=b"hello")
+    return s3.get_object(Bucket="vamp-study", Key=key)["Body"].read().decode()
+print("DRIVER", put("test/driver"))
+print("WORKER", ray.get(ray.remote(put).remote("test/worker")))
+print("CPUS", ray.cluster_resources()["CPU"])
+"""
+        run = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, **stack_env}, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-4000:]
+        assert "DRIVER hello" in run.stdout and "WORKER hello" in run.stdout and "CPUS 2.0" in run.stdout
+
+        status = study("stack", "status", "--folder", folder, "--json", env=env, timeout=60)
+        assert status.returncode == 0 and json.loads(status.stdout)["running"] is True
+        human = study("stack", "status", "--folder", folder, env=env, timeout=60)
+        assert human.returncode == 0 and "ray" in human.stdout and stack_env["RAY_ADDRESS"] in human.stdout
+
+        # every process the stack started, the Ray head's included (workers and agents too)
+        pids = [s["pid"] for s in services.values()]
+        ray_pids = marked(state["ray"]["marker"])
+        assert len(ray_pids) >= 4  # ray start, GCS, raylet, agents
+        ray_session = descendants_of_session(state["ray"]["pid"])
+        ports = [s["port"] for s in services.values() if s is not services["ray"]]
+    except BaseException:
+        study("stack", "down", "--folder", folder, env=env, timeout=120)
+        raise
+
+    down = study("stack", "down", "--folder", folder, env=env, timeout=120)
+    assert down.returncode == 0, down.stderr[-4000:]
+    assert "stopped" in down.stderr
+    assert not [pid for pid in pids + ray_pids + ray_session if live(pid)]
+    assert not marked(state["ray"]["marker"])
+    assert not any(port_in_use(port) for port in ports)
+    assert not port_in_use(services["ray"]["port"], host="127.0.0.2")
+
+    status = study("stack", "status", "--folder", folder, "--json", env=env, timeout=60)
+    assert status.returncode == 0 and json.loads(status.stdout)["running"] is False
+    again = study("stack", "down", "--folder", folder, env=env, timeout=60)
+    assert again.returncode == 0 and "already down" in again.stderr
+
+    purge = study("stack", "down", "--folder", folder, "--purge", env=env, timeout=60)
+    assert purge.returncode == 0 and not folder.exists()
+
+
+def test_infra_script_wraps_the_cli(tmp_path: Path):
+    script = REPO / "infra" / "local" / "stack"
+    assert os.access(script, os.X_OK)
+    bin_dir = str(Path(sys.executable).parent)
+    result = subprocess.run([str(script), "status", "--folder", str(tmp_path / "none")], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert result.returncode == 0 and "no stack" in result.stdout

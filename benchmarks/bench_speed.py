@@ -369,7 +369,9 @@ def main(argv: list[str] | None = None) -> None:
         args.epochs, args.conv_steps, args.is_points = 1, 5, 5
     args.is_pairs = {(m, pr) for m in args.is_models for pr in args.priors}
 
-    os.environ.setdefault("STUDY_DATA_MIRROR", "/work/shared/datasets")
+    mirror = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # beside the clone, if there
+    if mirror.is_dir():
+        os.environ.setdefault("STUDY_DATA_MIRROR", str(mirror))
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))

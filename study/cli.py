@@ -2,8 +2,6 @@
 1 a failure while running. With --json, stdout holds one JSON object and nothing else."""
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import sys
 from pathlib import Path
@@ -13,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from study.command import command, stdout
 from study.errors import StudyInterrupted
 from study.stack import stack_app
 from trainables.errors import InputError
@@ -24,22 +23,6 @@ app.add_typer(data_app, name="data")
 app.add_typer(stack_app, name="stack")
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-#: Our stdout. While a command runs, everything else printed to stdout (libraries announcing
-#: runs, for example) goes to stderr, so that --json output is one JSON object and nothing else.
-stdout = sys.stdout
-
-
-def command(app_: typer.Typer, name: str | None = None):
-    """Register a command whose work prints nothing on our stdout but what `_emit` writes."""
-    def register(fn):
-        @functools.wraps(fn)
-        def run(*args, **kwargs):
-            with contextlib.redirect_stdout(sys.stderr):
-                return fn(*args, **kwargs)
-        return app_.command(name)(run)
-    return register
 
 
 def _emit(result: dict, as_json: bool, human) -> None:

@@ -20,8 +20,6 @@ runtime environment, and Ray's runtime-env agent writes that to its log in clear
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import secrets
 import shlex
@@ -31,6 +29,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from study.command import command
 
 from trainables.errors import InputError
 
@@ -49,22 +49,6 @@ def default_folder() -> Path:
 
 def _folder(folder: Path | None) -> Path:
     return (folder or default_folder()).expanduser().resolve()
-
-
-def _command(name: str):
-    """Like study.cli.command: while the command runs, stdout goes to stderr; what the command
-    returns as text is written to the real stdout."""
-    def register(fn):
-        @functools.wraps(fn)
-        def run(*args, **kwargs):
-            out = sys.stdout
-            with contextlib.redirect_stdout(sys.stderr):
-                text = fn(*args, **kwargs)
-            if text:
-                out.write(text if text.endswith("\n") else text + "\n")
-                out.flush()
-        return stack_app.command(name)(run)
-    return register
 
 
 def _say(message: str) -> None:
@@ -152,7 +136,7 @@ def down(folder: Path, *, purge: bool = False) -> tuple[bool, object]:
 FolderOption = typer.Option(None, "--folder", help="the stack's folder (default: $STUDY_HOME/stack)")
 
 
-@_command("up")
+@command(stack_app, "up")
 def up_command(
     folder: Optional[Path] = FolderOption,
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the Ray head (default: all)"),
@@ -177,7 +161,7 @@ def up_command(
     return exports(env)
 
 
-@_command("status")
+@command(stack_app, "status")
 def status_command(
     folder: Optional[Path] = FolderOption,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
@@ -198,7 +182,7 @@ def status_command(
     return "\n".join(lines)
 
 
-@_command("down")
+@command(stack_app, "down")
 def down_command(
     folder: Optional[Path] = FolderOption,
     purge: bool = typer.Option(False, "--purge", help="also delete the stack's data (PostgreSQL cluster, Ray logs, the folder)"),

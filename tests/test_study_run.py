@@ -97,7 +97,7 @@ def test_a_dataset_that_cannot_be_fetched_fails_at_once(home, tmp_path):
     space = small_space(tmp_path, dataset="omniglot")
     r = study("run", space, env={**home, "STUDY_CACHE_DIR": str(tmp_path / "empty-cache")}, timeout=120)
     assert r.returncode == 2 and "omniglot/chardata.mat" in r.stderr
-    assert not Path(home["STUDY_HOME"]).exists()
+    assert not Path(home["STUDY_HOME"]).exists() and not (tmp_path / "empty-cache").exists()
 
 
 def test_dry_run_starts_nothing(home, tmp_path):

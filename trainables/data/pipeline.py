@@ -48,10 +48,21 @@ def _check_stored(spec: DatasetSpec, stored: StoredSplits) -> None:
 def _build(spec: DatasetSpec, target: Path, mirror: Path | None, say: Callable[[str], None]) -> None:
     """Acquire, verify and parse ``spec``'s files, then write ``target`` atomically."""
     cache = target.parent
+    created = not cache.exists()
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create the cache folder {cache}: {exc}; set STUDY_CACHE_DIR") from exc
+    try:
+        _build_into(spec, target, mirror, say, cache)
+    except BaseException:
+        if created and not any(cache.iterdir()):  # a failed fetch leaves nothing behind
+            cache.rmdir()
+        raise
+
+
+def _build_into(spec: DatasetSpec, target: Path, mirror: Path | None, say: Callable[[str], None],
+                cache: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=f".{spec.name}.", suffix=".partial", dir=cache) as tmp:
         files: dict[str, Path] = {}
         for source in spec.files:

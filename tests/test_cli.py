@@ -42,7 +42,9 @@ def test_train_prints_one_json_object_and_score_reproduces_it(env, tmp_path):
 
     s = study("score", out / "model", "--samples", "40", "--test-limit", "30", "--device", "cpu", "--json", env=env)
     assert s.returncode == 0, s.stderr
-    assert json.loads(s.stdout)["test_ll"] == result["test_ll"]  # same weights, data and seed
+    # same weights, data and seed: the same number, to float32 rounding (the BLAS may split a
+    # reduction differently under load)
+    assert math.isclose(json.loads(s.stdout)["test_ll"], result["test_ll"], rel_tol=1e-6)
 
 
 def test_resume_continues_the_run(env, tmp_path):

@@ -102,10 +102,6 @@ class StudyTracker:
             self.client.log_artifacts(run_id, str(save_trial_model(config, checkpoint, Path(tmp) / "model")),
                                       "model")
 
-    def trial_runs(self) -> list:
-        """Every trial run of the study, newest first."""
-        return self.client.search_runs([self.experiment_id], f"tags.`{ROLE}` = 'trial'", max_results=10000)
-
 
 class TrackingCallback(tune.Callback):
     """Mirrors Tune's trials into MLflow child runs."""

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from study.command import command, stdout
-from study.errors import StudyInterrupted
+from study.errors import StudyFailed, StudyInterrupted
 from study.stack import stack_app
 from trainables.errors import InputError
 
@@ -33,37 +33,68 @@ def _emit(result: dict, as_json: bool, human) -> None:
         human(result)
 
 
+#: Where a study's parts go, for `study run`, `study resume` and `study stop` (first wins: flag,
+#: environment, space file, embedded default; see study.settings).
+_WHERE = {
+    "tracking_uri": typer.Option(None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the spec, "
+                                 "or SQLite under $STUDY_HOME)"),
+    "optuna_storage": typer.Option(None, help="the Optuna storage of the study's groups, an SQLAlchemy URL "
+                                   "(default: $STUDY_OPTUNA_STORAGE, or SQLite under $STUDY_HOME)"),
+    "storage": typer.Option(None, help="Ray storage: a folder or s3://bucket/prefix (default: $STUDY_STORAGE, "
+                            "the spec, or $STUDY_HOME/ray)"),
+    "address": typer.Option(None, help="a Ray cluster to join (default: $RAY_ADDRESS, or a local Ray)"),
+}
+
+
 @command(app)
 def run(
     space: Path = typer.Argument(..., help="a search-space YAML file (see search_spaces/)"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the spec, or SQLite under $STUDY_HOME)"),
-    storage: Optional[str] = typer.Option(None, help="Ray storage: a folder or s3://bucket/prefix (default: $STUDY_STORAGE, the spec, or $STUDY_HOME/ray)"),
-    address: Optional[str] = typer.Option(None, help="a Ray cluster to join (default: $RAY_ADDRESS, or a local Ray)"),
+    tracking_uri: Optional[str] = _WHERE["tracking_uri"],
+    optuna_storage: Optional[str] = _WHERE["optuna_storage"],
+    storage: Optional[str] = _WHERE["storage"],
+    address: Optional[str] = _WHERE["address"],
     dry_run: bool = typer.Option(False, help="validate and print the plan; start nothing"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> None:
-    """Run a study: Ray Tune trials chosen by Optuna, stopped by ASHA, tracked in MLflow; register champions."""
+    """Run a study: every (model, prior) group's trials on Ray Tune, chosen by its own Optuna sampler,
+    stopped early within the group, tracked in MLflow; register each group's champion."""
     from study.study_command import run_study
 
-    result = run_study(space, tracking_uri=tracking_uri, storage=storage, address=address, dry_run=dry_run,
-                       resume=False, console=err)
+    result = run_study(space, tracking_uri=tracking_uri, optuna_storage=optuna_storage, storage=storage,
+                       address=address, dry_run=dry_run, resume=False, console=err)
     _emit(result, as_json, lambda r: err.print_json(data=r) if dry_run else None)
 
 
 @command(app)
 def resume(
-    space: Path = typer.Argument(..., help="the search-space YAML file of the interrupted study"),
-    tracking_uri: Optional[str] = typer.Option(None, help="as for `study run`"),
-    storage: Optional[str] = typer.Option(None, help="as for `study run`"),
-    address: Optional[str] = typer.Option(None, help="as for `study run`"),
+    space: Path = typer.Argument(..., help="the search-space YAML file of the study"),
+    tracking_uri: Optional[str] = _WHERE["tracking_uri"],
+    optuna_storage: Optional[str] = _WHERE["optuna_storage"],
+    storage: Optional[str] = _WHERE["storage"],
+    address: Optional[str] = _WHERE["address"],
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> None:
-    """Continue an interrupted study where it stopped: finished trials are not run again."""
+    """Continue a study where it stopped: ended trials are not run again, unended ones continue from
+    their checkpoints, a larger budget adds trials; any other change to the file is refused."""
     from study.study_command import run_study
 
-    result = run_study(space, tracking_uri=tracking_uri, storage=storage, address=address, dry_run=False,
-                       resume=True, console=err)
+    result = run_study(space, tracking_uri=tracking_uri, optuna_storage=optuna_storage, storage=storage,
+                       address=address, dry_run=False, resume=True, console=err)
     _emit(result, as_json, lambda r: None)
+
+
+@command(app)
+def stop(
+    study_name: str = typer.Argument(..., metavar="STUDY", help="the name of a running study"),
+    storage: Optional[str] = _WHERE["storage"],
+    wait: float = typer.Option(300, help="seconds to wait for the driver to stop"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """End a running study cleanly, from any terminal: its trials stop, resumable with `study resume`."""
+    from study.study_command import stop as stop_study
+
+    result = stop_study(study_name, storage=storage, wait=wait)
+    _emit(result, as_json, lambda r: err.print(f"study {escape(r['study'])}: {r['state']} (run {r['run']})"))
 
 
 @command(app)
@@ -88,7 +119,7 @@ def pull(
 ) -> None:
     """Fetch a registered model from the MLflow Model Registry."""
     from study import settings
-    from study.registry import pull as pull_model
+    from study.pull import pull as pull_model
 
     folder = pull_model(reference, out, settings.resolve_tracking_uri(tracking_uri))
     _emit({"model": reference, "out": str(folder)}, as_json, lambda r: err.print(f"pulled into {escape(r['out'])}"))
@@ -105,6 +136,9 @@ def train(
     warmup: int = typer.Option(100, help="KL warm-up epochs (beta = epoch / warmup); 0: none"),
     patience: int = typer.Option(50, help="stop after this many epochs without validation improvement; 0: never"),
     batch_size: int = typer.Option(100),
+    hidden: int = typer.Option(300, help="units of the gated dense layers"),
+    z1_size: int = typer.Option(40, help="latent units of the lower (or only) layer"),
+    z2_size: int = typer.Option(40, help="latent units of the top layer of two-level models"),
     seed: int = typer.Option(0),
     pseudoinputs: str = typer.Option("random", help="VampPrior init: random (per-dataset N(mean, std)) or data"),
     train_limit: Optional[int] = typer.Option(None, help="use the first N training images"),
@@ -121,7 +155,8 @@ def train(
     from trainables.config import TrainConfig
 
     config = TrainConfig(dataset=dataset, model=model, prior=prior, K=K, lr=lr, epochs=epochs,
-                         warmup=warmup, patience=patience, batch_size=batch_size, seed=seed,
+                         warmup=warmup, patience=patience, batch_size=batch_size, hidden=hidden,
+                         z1_size=z1_size, z2_size=z2_size, seed=seed,
                          pseudoinputs=pseudoinputs, train_limit=train_limit, test_limit=test_limit,
                          samples=samples, device=device)
     result = run_train(config, output, resume=resume, figures=figures, log=err)
@@ -151,7 +186,7 @@ def score(
 
     if model_path.startswith("models:/"):
         from study import settings
-        from study.registry import pull as pull_model
+        from study.pull import pull as pull_model
 
         with tempfile.TemporaryDirectory(prefix="vamp-score-") as tmp:
             result = {**score_folder(pull_model(model_path, Path(tmp), settings.resolve_tracking_uri(tracking_uri))),
@@ -187,6 +222,9 @@ def main() -> None:
     except StudyInterrupted as e:
         err.print(f"[yellow]interrupted:[/yellow] {escape(str(e))}", soft_wrap=True)
         sys.exit(130)
+    except StudyFailed as e:
+        err.print(f"[red]failed:[/red] {escape(str(e))}", soft_wrap=True)
+        sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted")
         sys.exit(130)

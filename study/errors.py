@@ -2,4 +2,9 @@
 
 
 class StudyInterrupted(RuntimeError):
-    """The trials were stopped (Ctrl-C) before they all ended; the study can be resumed (exit 130)."""
+    """The trials were stopped (Ctrl-C, `study stop`) before they all ended; the study can be
+    resumed (exit 130)."""
+
+
+class StudyFailed(RuntimeError):
+    """Trials failed after their retries; the message names them and how to resume (exit 1)."""

@@ -6,6 +6,10 @@ from rich.live import Live
 from rich.table import Table
 from ray import tune
 
+#: How a trial ended, as the table says it.
+ENDINGS = {"early_stopping": "done (patience)", "max_epochs": "done (max epochs)", "diverged": "diverged",
+           "": "stopped early (ASHA)"}
+
 
 class LiveTable(tune.Callback):
     """Trial, state, epoch, validation loss and best validation loss, refreshed as results come."""
@@ -16,12 +20,8 @@ class LiveTable(tune.Callback):
         self.rows: dict[str, dict] = {}
         self.live: Live | None = None
 
-    def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment
-        return {"title": self.title, "rows": self.rows}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(Console(stderr=True, highlight=False), state["title"])
-        self.rows = state["rows"]
+    def __getstate__(self) -> dict:  # Tune pickles its callbacks with its own state
+        return {"title": self.title}
 
     def _render(self) -> Table:
         table = Table(title=self.title, title_justify="left")
@@ -33,7 +33,7 @@ class LiveTable(tune.Callback):
         return table
 
     def _update(self, trial, **values) -> None:
-        row = self.rows.setdefault(trial.trial_id, {"name": str(trial)})
+        row = self.rows.setdefault(trial.config["trial"], {"name": str(trial)})
         row.update(values)
         if self.live is None:
             self.live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
@@ -47,9 +47,11 @@ class LiveTable(tune.Callback):
         self._update(trial, state="running", epoch=result.get("epoch"), val_loss=result.get("val_loss"),
                      best_val_loss=result.get("best_val_loss"))
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._update(trial, state="retrying from its checkpoint")
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        reason = (trial.last_result or {}).get("stop_reason") or "stopped by ASHA"
-        self._update(trial, state=f"done ({reason.replace('_', ' ')})")
+        self._update(trial, state=ENDINGS.get((trial.last_result or {}).get("stop_reason") or "", "done"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._update(trial, state="failed")

@@ -1,17 +1,26 @@
 """Champions and the MLflow Model Registry.
 
-For each (model, prior) group the trial with the lowest validation loss is the champion: its
-best weights are scored on the test set (importance-sampled LL with the spec's S, ELBO, active
-units, bits/dim for gray data) by a Ray task with the trial's resources, logged to its run with
-figures, and registered as a new version of `<dataset>-<model>-<prior>`. The registered files
-are `weights.pt` (tensors only) and `config.json`; loading them never unpickles code. The alias
-`champion` moves to the new version only if its test LL beats the current champion's.
-Registration is idempotent: a run that already has a version is not registered again.
+A group's champion is its trial with the lowest validation loss among those that *ended by
+themselves* (the paper's patience, or max epochs): a trial stopped by the early stopping never
+trained to the end, and a diverged one has no result to claim. Its best weights are scored on
+the test set (importance-sampled LL with the spec's S, ELBO, active units, bits/dim for gray
+data) by a Ray task with the trial's resources, logged to its run with figures, and registered
+as a new version of `<dataset>-<model>-<prior>`. The registered files are `weights.pt` (tensors
+only) and `config.json`; loading them never unpickles code. Registration is idempotent: a run
+that already has a version is not registered again.
+
+Every version carries its evaluation protocol as tags (`protocol.samples`, `protocol.test_size`,
+`protocol.train_size`, and `protocol`: `full` for S >= 5000 on the whole test set after training
+on the whole training set, else `reduced`), and the trial's `epochs`, `best_epoch` and
+`stop_reason`. Test log-likelihoods compare only under one protocol, so the alias `champion`
+(see `takes_alias`) moves to a new version only if it has the holder's protocol and a better
+test LL, or if it is full and the holder is not: a quickstart never takes the alias from a
+paper-protocol version.
 """
 from __future__ import annotations
 
 import json
-import re
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,62 +30,114 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 
-from study.runner import base_config
+from study import search
+from study.pull import ALIAS
 from trainables.config import TrainConfig
-from trainables.errors import InputError
-from trainables.tune_trainable import evaluate_checkpoint, trial_config
+from trainables.data import DATASETS
+from trainables.train import ENDED_BY_ITSELF
+from trainables.tune_trainable import evaluate_checkpoint
 
-ALIAS = "champion"
+#: Importance samples of the paper's test log-likelihood.
+PAPER_SAMPLES = 5000
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a test log-likelihood was measured."""
+
+    samples: int
+    test_size: int
+    train_size: int
+    full: bool
+
+    @classmethod
+    def of(cls, dataset: str, samples: int, test_size: int, train_size: int) -> "Protocol":
+        train_all, _, test_all = DATASETS[dataset].sizes
+        return cls(samples, test_size, train_size,
+                   samples >= PAPER_SAMPLES and test_size == test_all and train_size == train_all)
+
+    def tags(self) -> dict[str, str]:
+        return {"protocol": "full" if self.full else "reduced", "protocol.samples": str(self.samples),
+                "protocol.test_size": str(self.test_size), "protocol.train_size": str(self.train_size)}
+
+    @classmethod
+    def from_tags(cls, tags: dict) -> "Protocol | None":
+        """The protocol a version was registered with (None for a version without these tags)."""
+        try:
+            return cls(int(tags["protocol.samples"]), int(tags["protocol.test_size"]),
+                       int(tags["protocol.train_size"]), tags["protocol"] == "full")
+        except (KeyError, ValueError):
+            return None
+
+
+def takes_alias(new: Protocol, new_ll: float, holder: Protocol | None, holder_ll: float | None,
+                held: bool = True) -> bool:
+    """Whether a new version takes the `champion` alias from the version that holds it (`held`
+    False: nobody does). Same protocol: only on a better test LL. Another protocol: only a full
+    one over a reduced (or unknown) one."""
+    if not held:
+        return True
+    if holder is not None and (new.samples, new.test_size, new.train_size) == (
+            holder.samples, holder.test_size, holder.train_size):
+        return holder_ll is None or new_ll > holder_ll
+    return new.full and not (holder is not None and holder.full)
 
 
 @dataclass
 class Champion:
-    model: str
-    prior: str
-    trial_id: str
+    group: search.Group
+    number: int
+    key: str
     config: TrainConfig
     best_val_loss: float
-    checkpoint: object  # ray.tune.Checkpoint
+    epochs: int
+    best_epoch: int
+    stop_reason: str
+    checkpoint: str  # URI
 
     @property
     def registered_name(self) -> str:
-        return f"{self.config.dataset}-{self.model}-{self.prior}"
+        return f"{self.config.dataset}-{self.group.model}-{self.group.prior}"
 
 
-def champions(study) -> list[Champion]:
-    """The trial with the lowest validation loss in each (model, prior) group that has one."""
-    best: dict[tuple[str, str], Champion] = {}
-    for model, grid in study.results.items():
-        base = base_config(study.spec, model)
-        for result in grid:
-            loss = (result.metrics or {}).get("best_val_loss")
-            if result.error is not None or result.checkpoint is None or loss is None:
-                continue
-            config = trial_config(base, result.config)
-            key = (model, config.prior)
-            if key not in best or loss < best[key].best_val_loss:
-                best[key] = Champion(model, config.prior, result.metrics["trial_id"], config, loss, result.checkpoint)
-    return [best[k] for k in sorted(best)]
+def champions(ledger) -> list[Champion]:
+    """The champion of each group whose trials have all ended (see the module docstring)."""
+    found = []
+    for group in ledger.groups:
+        if not ledger.complete(group):
+            continue
+        candidates = [t for t in ledger.trials(group) if t.user_attrs.get("stop_reason") in ENDED_BY_ITSELF
+                      and t.value is not None and math.isfinite(t.value) and t.user_attrs.get("checkpoint")]
+        if not candidates:
+            continue
+        best = min(candidates, key=lambda t: (t.value, t.number))
+        attrs = best.user_attrs
+        config = search.trial_config(ledger.spec, group, best.params, attrs["seed"])
+        found.append(Champion(group, best.number, attrs["trial"], config, best.value, int(attrs.get("epochs", 0)),
+                              int(attrs.get("best_epoch", 0)), attrs["stop_reason"], attrs["checkpoint"]))
+    return found
 
 
 def register_champions(study, log) -> list[dict]:
-    """Score and register every group's champion; returns one summary row per group."""
-    spec, tracker = study.spec, study.tracker
-    client = tracker.client
-    todo = [c for c in champions(study) if not _versions_of(client, tracker, c)]
-    evaluate = ray.remote(evaluate_checkpoint).options(num_cpus=spec.resources.cpus, num_gpus=spec.resources.gpus)
-    pending = {evaluate.remote(c.config, study.splits_ref, c.checkpoint, f"{c.registered_name} ({c.trial_id})"): c
-               for c in todo}
+    """Score and register every complete group's champion; one summary row per champion."""
+    client, tracker = study.tracker.client, study.tracker
+    found = champions(study.ledger)
+    todo = [c for c in found if not _versions_of(client, tracker, c)]
+    pending = {}
+    for c in todo:
+        resources = study.spec.resources.of(c.group.model)
+        evaluate = ray.remote(evaluate_checkpoint).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
+        pending[evaluate.remote(c.config, study.splits_ref, c.checkpoint, f"{c.registered_name} ({c.key})")] = c
     for ref, champion in pending.items():
-        log(f"scoring the champion of {champion.model}+{champion.prior} ({champion.trial_id}) on the test set")
+        log(f"scoring the champion of {champion.group.label} ({champion.key}) on the test set")
         _register(client, tracker, champion, ray.get(ref))
-    return [_summary(client, tracker, c) for c in champions(study)]
+    return [_summary(client, tracker, c) for c in found]
 
 
 def _run_id(tracker, champion: Champion) -> str:
-    run = tracker.run_of_trial(champion.trial_id)
+    run = tracker.run_of_trial(champion.key)
     if run is None:
-        raise RuntimeError(f"no MLflow run for trial {champion.trial_id}")
+        raise RuntimeError(f"no MLflow run for trial {champion.key}")
     return run.info.run_id
 
 
@@ -106,18 +167,27 @@ def _register(client: MlflowClient, tracker, champion: Champion, evaluation: dic
         sha256 = json.loads(config.read_text())["weights_sha256"]
     name = champion.registered_name
     try:
-        client.create_registered_model(name, description=f"{champion.model} with the {champion.prior} prior "
-                                       f"on {champion.config.dataset} (VampPrior paper models)")
+        client.create_registered_model(name, description=f"{champion.group.model} with the {champion.group.prior} "
+                                       f"prior on {champion.config.dataset} (VampPrior paper models)")
     except MlflowException as e:
         if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
             raise
-    tags = {"study": tracker.study, "trial_id": champion.trial_id, "weights_sha256": sha256,
-            "val_loss": f"{champion.best_val_loss:.6f}", **{k: f"{v:.6f}" for k, v in values.items()}}
+    protocol = Protocol.of(champion.config.dataset, champion.config.samples, metrics["test_size"],
+                           metrics["train_size"])
+    tags = {"study": tracker.study, "trial_id": champion.key, "weights_sha256": sha256,
+            "val_loss": f"{champion.best_val_loss:.6f}", "epochs": str(champion.epochs),
+            "best_epoch": str(champion.best_epoch), "stop_reason": champion.stop_reason, **protocol.tags(),
+            **{k: f"{v:.6f}" for k, v in values.items()}}
     source = f"{client.get_run(run_id).info.artifact_uri}/model"
     version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
-    current = _champion_version(client, name)
-    if current is None or float(current.tags.get("test_ll", "-inf")) < values["test_ll"]:
+    holder = _champion_version(client, name)
+    if takes_alias(protocol, values["test_ll"], None if holder is None else Protocol.from_tags(holder.tags),
+                   None if holder is None else _float(holder.tags.get("test_ll")), held=holder is not None):
         client.set_registered_model_alias(name, ALIAS, version.version)
+
+
+def _float(text: str | None) -> float | None:
+    return None if text is None else float(text)
 
 
 def _champion_version(client: MlflowClient, name: str):
@@ -131,42 +201,8 @@ def _summary(client: MlflowClient, tracker, champion: Champion) -> dict:
     versions = _versions_of(client, tracker, champion)
     tags = versions[0].tags if versions else {}
     current = _champion_version(client, champion.registered_name)
-    return {"name": champion.registered_name, "trial": champion.trial_id, "val_loss": champion.best_val_loss,
-            "test_ll": float(tags["test_ll"]) if "test_ll" in tags else None,
+    return {"name": champion.registered_name, "trial": champion.key, "val_loss": champion.best_val_loss,
+            "epochs": champion.epochs, "stop_reason": champion.stop_reason,
+            "test_ll": float(tags["test_ll"]) if "test_ll" in tags else None, "protocol": tags.get("protocol"),
             "version": versions[0].version if versions else None,
             "champion_version": current.version if current else None}
-
-
-MODEL_REF = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))?$")
-
-
-def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
-    """NAME, NAME@ALIAS or NAME/VERSION (optionally as models:/...) -> (name, alias, version);
-    with neither, the alias is `champion`."""
-    match = MODEL_REF.match(reference.removeprefix("models:/"))
-    if not match:
-        raise InputError(f"{reference!r} is not a registered model reference; use NAME, NAME@ALIAS or NAME/VERSION")
-    return match["name"], None if match["version"] else (match["alias"] or ALIAS), match["version"]
-
-
-def pull(reference: str, out: Path, tracking_uri: str) -> Path:
-    """Download a registered model's files (weights.pt, config.json) into `out` and verify them."""
-    from trainables.artifacts import read_config, sha256_file
-
-    name, alias, version = parse_reference(reference)
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    try:
-        found = (client.get_model_version(name, version) if version
-                 else client.get_model_version_by_alias(name, alias))
-    except MlflowException as e:
-        raise InputError(f"{reference}: not found in the registry at {tracking_uri} ({e.message})") from None
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="vamp-pull-") as tmp:
-        files = Path(client.download_artifacts(found.run_id, "model", tmp))
-        for path in files.iterdir():
-            path.replace(out / path.name)
-    meta = read_config(out)
-    actual = sha256_file(out / "weights.pt")
-    if actual != meta["weights_sha256"] or actual != found.tags.get("weights_sha256", actual):
-        raise RuntimeError(f"{out}/weights.pt: sha256 {actual} does not match the registry's {meta['weights_sha256']}")
-    return out

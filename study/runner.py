@@ -1,85 +1,88 @@
-"""`study run` and `study resume`: the trials of each model on Ray Tune, chosen by Optuna and
-stopped early by ASHA, tracked in MLflow; then the champion of each (model, prior) group is
-scored on the test set and registered.
+"""One run of a study's driver (`study run`, or a `study resume`): Ray, then one Ray Tune
+experiment that holds every trial of every (model, prior) group, so all models share the cluster
+at once; the only limits on how many trials run together are the cluster's resources and, if
+set, `search.max_concurrent`.
 
-One Tune experiment per model (`<storage>/<study>-<model>`): Optuna's define-by-run space picks
-the prior, the learning rate and, for priors with components, K; one seeded point per prior
-makes sure that every group is tried.
-
-Resume safety. Tune snapshots its experiment state every TUNE_GLOBAL_CHECKPOINT_S seconds (by
-default about 10 s) and deletes checkpoints beyond `num_to_keep`; a snapshot older than the
-newest checkpoints can then name a deleted one. Here the snapshot is taken after every result
-(period 0: a few KB per epoch) and two checkpoints are kept, so the snapshot always names one
-that exists. A trial whose restored checkpoint says it had finished reports and ends at once.
+Each run is a fresh Tune experiment (`<storage>/<study>/run-<n>`): what a resumed study needs is
+in its ledger (the Optuna storage: trials, states, checkpoints), which hands the trials an earlier
+run left unended to the searcher first; each continues from its newest checkpoint in its own
+MLflow run. Within a run, a trial whose worker, node or storage fails is restarted by Tune from
+its last checkpoint up to `search.retries` times.
 """
 from __future__ import annotations
 
 import atexit
+import math
 import os
+import signal
 import tempfile
-from dataclasses import dataclass, field
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 
-from study.errors import StudyInterrupted
+from study.engine import GroupedEarlyStopping, GroupedSearch, LedgerCallback
+from study.ledger import Ledger
 from study.live import LiveTable
+from study.manifest import Run, StudyFolder
+from study.search import fixed_settings, run_name
 from study.settings import Targets
-from study.tracking import StudyTracker, TrackingCallback, run_name
+from study.spec import StudySpec
+from study.tracking import StudyTracker, TrackingCallback
 from trainables.errors import InputError
 from trainables.tune_trainable import train_trial, trial_config
 
-SAMPLERS = {
-    "tpe": lambda seed: __import__("optuna").samplers.TPESampler(seed=seed),
-    "random": lambda seed: __import__("optuna").samplers.RandomSampler(seed=seed),
-}
+STOP_POLL_SECONDS = 2.0
 
 
 @dataclass
 class StudyRun:
-    """What a finished study hands to the registry."""
+    """What one run of the driver works with."""
 
-    spec: object
+    spec: StudySpec
     targets: Targets
+    folder: StudyFolder
+    run: Run
+    ledger: Ledger
     tracker: StudyTracker
     parent_id: str
     splits_ref: object
-    results: dict = field(default_factory=dict)  # model -> ResultGrid
+    stop_requested: bool = False
 
 
-def base_config(spec, model: str) -> dict:
-    """The TrainConfig fields every trial of `model` shares (the search adds prior, lr, K)."""
-    config = spec.train_config(model=model, prior=spec.priors()[0], lr=1e-3, K=None, seed=spec.search.seed)
-    return {k: v for k, v in config.to_dict().items() if k not in ("prior", "lr", "K")}
-
-
-def check_storage(spec, targets: Targets, resume: bool) -> None:
-    """`run` must not overwrite a study; `resume` needs one."""
-    found = [m for m in spec.models if tune.Tuner.can_restore(targets.experiment_path(spec.name, m))]
-    if resume and not found:
-        raise InputError(f"{spec.source}: name: no study {spec.name!r} in {targets.storage} to resume; "
-                         "start it with `study run`")
-    if not resume and found:
-        raise InputError(f"{spec.source}: name: study {spec.name!r} already exists in {targets.storage}; "
-                         "continue it with `study resume`, or give the study another name")
-
-
-def check_gpus(spec, available: float) -> None:
-    """Trials asking for GPUs would wait forever on a cluster without them: refuse at once."""
-    wanted = spec.resources.gpus
-    if wanted > 0 and available < wanted:
-        raise InputError(f"{spec.source}: resources.gpus: {wanted} GPU per trial requested, but the Ray "
-                         f"cluster has {available:g}; set resources.gpus: 0 to run on CPUs")
+def check_gpus(spec: StudySpec, largest_node: float) -> None:
+    """Trials asking for GPUs would wait forever where no node has them: refuse at once."""
+    for model in spec.models:
+        wanted = spec.resources.of(model)["gpu"]
+        if wanted > 0 and largest_node < wanted:
+            raise InputError(f"{spec.source}: resources.gpus: a {model} trial asks for {wanted:g} GPU, but the "
+                             f"Ray cluster has {largest_node:g} on its largest node; set resources.gpus: 0 to "
+                             "run on CPUs")
 
 
 def local_gpus() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def _nodes() -> list[dict]:
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def trial_slots(spec: StudySpec) -> int:
+    """How many trials the cluster can run at once (of the model that fits most often)."""
+    def fits(model: str, node: dict) -> int:
+        want = spec.resources.of(model)
+        counts = [math.floor(node.get("CPU", 0) / want["cpu"] + 1e-9)]
+        if want["gpu"] > 0:
+            counts.append(math.floor(node.get("GPU", 0) / want["gpu"] + 1e-9))
+        return min(counts)
+    return max(1, max(sum(fits(m, node) for node in _nodes()) for m in spec.models))
 
 
 #: AWS credentials that Ray Tune copies from the driver's environment into every trial's
@@ -104,71 +107,85 @@ def keep_aws_keys_out_of_ray() -> None:
     atexit.register(lambda: Path(path).unlink(missing_ok=True))
 
 
-def start_ray(targets: Targets, spec) -> None:
-    """Join the cluster at `targets.address`, or start a local Ray instance."""
+def start_ray(targets: Targets, spec: StudySpec) -> None:
+    """Join the cluster at `targets.address`, or start a local Ray instance; refuse GPU requests
+    that no node can meet (and leave the cluster again)."""
     keep_aws_keys_out_of_ray()
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")  # see the module docstring
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Every checkpoint forces Tune to snapshot its experiment state (num_to_keep is set): expected
+    # here, not a bottleneck worth a warning per epoch. MLflow's download bars are noise too.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if targets.address:
         ray.init(address=targets.address, log_to_driver=False)
-        try:
-            check_gpus(spec, ray.cluster_resources().get("GPU", 0))
-        except InputError:
-            ray.shutdown()
-            raise
     else:
         ray.init(address="local", include_dashboard=False, log_to_driver=False, num_gpus=local_gpus())
+    try:
+        check_gpus(spec, max((node.get("GPU", 0) for node in _nodes()), default=0))
+    except InputError:
+        ray.shutdown()
+        raise
 
 
-def tuner_for(spec, model: str, targets: Targets, callbacks: list, splits_ref, resume: bool) -> tune.Tuner:
-    base = base_config(spec, model)
-    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
-    trainable = tune.with_resources(tune.with_parameters(train_trial, base=base, splits=splits_ref), resources)
-    path = targets.experiment_path(spec.name, model)
-    if resume and tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
-                                  restart_errored=False)
-    search = OptunaSearch(space=spec.suggest, metric="best_val_loss", mode="min",
-                          points_to_evaluate=spec.initial_points(),
-                          sampler=SAMPLERS[spec.search.algorithm](spec.search.seed))
-    scheduler = ASHAScheduler(time_attr="epoch", metric="val_loss", mode="min", max_t=base["epochs"],
-                              grace_period=spec.early_stopping.grace_period,
-                              reduction_factor=spec.early_stopping.reduction_factor)
+def tuner_for(study: StudyRun, callbacks: list) -> tune.Tuner:
+    spec = study.spec
+    base = fixed_settings(spec)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, base=base, splits=study.splits_ref),
+                                    lambda config: spec.resources.of(config["model"]))
+    if spec.search.max_concurrent is None and "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ:
+        # Tune keeps one trial pending for a custom searcher: the cluster would fill one trial per
+        # control-loop step. Let it start as many as fit at once (new trials still come one by
+        # one as slots free, so each group's sampler sees every result that has come in).
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(trial_slots(spec))
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=search, scheduler=scheduler, num_samples=spec.search.trials_per_model,
+            search_alg=GroupedSearch(study.ledger), scheduler=GroupedEarlyStopping(study.ledger), num_samples=-1,
             max_concurrent_trials=spec.search.max_concurrent,
-            trial_name_creator=lambda t: run_name(trial_config(base, t.config), t.trial_id),
-            trial_dirname_creator=lambda t: t.trial_id),
+            trial_name_creator=lambda t: run_name(trial_config(base, t.config), t.config["number"]),
+            trial_dirname_creator=lambda t: t.config["trial"]),
         run_config=tune.RunConfig(
-            name=f"{spec.name}-{model}", storage_path=targets.storage, callbacks=callbacks, verbose=0,
+            name=study.folder.experiment_name(study.run), storage_path=study.folder.uri,
+            callbacks=[LedgerCallback(study.ledger), *callbacks], verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=tune.FailureConfig(max_failures=0)),
+            failure_config=tune.FailureConfig(max_failures=spec.search.retries)),
     )
 
 
-def run_trials(spec, targets: Targets, splits, *, resume: bool, console: Console) -> StudyRun:
-    """Start Ray, open the study's MLflow experiment and parent run, and run every model's trials."""
-    start_ray(targets, spec)
-    tracker = StudyTracker(targets.tracking_uri, spec.name, targets.artifact_location(spec.name))
-    parent_id = tracker.parent_run({"dataset": spec.dataset, "models": ",".join(spec.models),
-                                    "priors": ",".join(spec.priors()), **targets.public()})
-    study = StudyRun(spec, targets, tracker, parent_id, ray.put(splits))
+@contextmanager
+def _stop_on_request(study: StudyRun):
+    """While the trials run, a request from `study stop` (a file in the study's folder) ends them
+    as Ctrl-C does: Tune stops, every unended trial stays resumable."""
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(STOP_POLL_SECONDS):
+            try:
+                requested = study.folder.stop_requested()
+            except OSError:  # storage briefly unreachable: ask again
+                continue
+            if requested:
+                study.stop_requested = True
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    handler = signal.getsignal(signal.SIGINT)
+    watcher = threading.Thread(target=watch, name="vamp-stop-watch", daemon=True)
+    watcher.start()
     try:
-        for model in spec.models:
-            callbacks = [TrackingCallback(tracker, parent_id, base_config(spec, model), trial_config),
-                         LiveTable(console, f"{spec.name}: {model}")]
-            tuner = tuner_for(spec, model, targets, callbacks, study.splits_ref, resume)
-            grid = tuner.fit()
-            if grid.num_terminated + grid.num_errors < spec.search.trials_per_model:
-                raise StudyInterrupted(f"study {spec.name!r} was interrupted during the trials of {model}; "
-                                       f"its state is saved in {targets.storage}: continue with `study resume "
-                                       f"{spec.source}`")
-            study.results[model] = grid
-    except StudyInterrupted:
-        raise  # the parent run stays open: `study resume` continues it
-    except BaseException:
-        tracker.end_run(parent_id, "FAILED")
-        raise
-    return study
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        signal.signal(signal.SIGINT, handler)  # Tune leaves its own handler installed
+
+
+def run_trials(study: StudyRun, console: Console) -> None:
+    """Run every trial the ledger still has to run, tracked in MLflow; wait for the tracking."""
+    tracking = TrackingCallback(study.tracker, study.parent_id, fixed_settings(study.spec))
+    live = LiveTable(console, f"study {study.spec.name}")
+    with _stop_on_request(study):
+        tuner_for(study, [tracking, live]).fit()
+    if tracking.backlog():
+        console.print(f"writing {tracking.backlog()} tracking calls to {study.targets.public()['tracking_uri']}")
+    tracking.flush()

@@ -445,14 +445,21 @@ class PostgresServer(Service):
         """The cluster's data folder (PGDATA)."""
         return self.cluster_dir / "data"
 
+    #: Databases created beside the main one: the Optuna storage of studies (study.ledger).
+    extra_databases = ("optuna",)
+
     @property
     def sqlalchemy_uri(self) -> str:
         """``postgresql+psycopg://USER:PW@127.0.0.1:PORT/DB`` (MLflow's backend store URI)."""
+        return self.database_uri(self.database)
+
+    def database_uri(self, database: str) -> str:
+        """The SQLAlchemy URI of one of the cluster's databases (with the role's password)."""
         from urllib.parse import quote
 
         return (
             f"postgresql+psycopg://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
-            f"@{HOST}:{self.port}/{self.database}"
+            f"@{HOST}:{self.port}/{database}"
         )
 
     @property
@@ -494,9 +501,10 @@ class PostgresServer(Service):
             verb = "ALTER" if exists else "CREATE"
             conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
                 sql.Identifier(self.user), sql.Literal(self.password)))
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone():
-                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    sql.Identifier(self.database), sql.Identifier(self.user)))
+            for database in (self.database, *self.extra_databases):
+                if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+                    conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(database), sql.Identifier(self.user)))
 
     def launch(self) -> None:
         if not (self.data_dir / "PG_VERSION").exists():
@@ -1120,10 +1128,11 @@ class LocalStack:
         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or, with ``credentials_file``,
         AWS_SHARED_CREDENTIALS_FILE), AWS_DEFAULT_REGION, AWS_ENDPOINT_URL (Ray storage in S3),
         MLFLOW_S3_ENDPOINT_URL, STUDY_STORAGE and, with the Ray head, RAY_ADDRESS, RAY_AUTH_MODE
-        and RAY_AUTH_TOKEN_PATH."""
+        and RAY_AUTH_TOKEN_PATH; STUDY_OPTUNA_STORAGE (the studies' Optuna storage in PostgreSQL)."""
         if self.s3 is None or self.mlflow is None:
             raise RuntimeError("the stack is not started")
-        env = {**self.s3_env(), **self.mlflow.client_env(), "STUDY_STORAGE": self.storage_uri}
+        env = {**self.s3_env(), **self.mlflow.client_env(), "STUDY_STORAGE": self.storage_uri,
+               "STUDY_OPTUNA_STORAGE": self.postgres.database_uri("optuna")}
         if self.ray is not None:
             env.update(self.ray.client_env())
         return env

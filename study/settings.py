@@ -1,11 +1,16 @@
-"""Where a study's parts go: tracking server, Ray storage, Ray cluster.
+"""Where a study's parts go: tracking server, Optuna storage, Ray storage, Ray cluster.
 
 Each comes from (first wins): the command-line flag, the usual environment variable
-(MLFLOW_TRACKING_URI, STUDY_STORAGE, RAY_ADDRESS), the spec file, the embedded default. The
-embedded default keeps everything under one folder, STUDY_HOME (default ./studies):
+(MLFLOW_TRACKING_URI, STUDY_OPTUNA_STORAGE, STUDY_STORAGE, RAY_ADDRESS), the spec file (tracking
+and storage only), the embedded default. The embedded default keeps everything under one
+folder, STUDY_HOME (default ./studies):
   studies/mlflow.db      MLflow backend store (SQLite)
   studies/artifacts/     MLflow artifacts
-  studies/ray/           Ray storage: experiment state and checkpoints
+  studies/optuna.db      the Optuna storage: one Optuna study per (model, prior) group
+  studies/ray/           Ray storage: the study's record, experiment state and checkpoints
+A deployment with a tracking server sets STUDY_OPTUNA_STORAGE to a database of its own (e.g.
+postgresql+psycopg://user:password@host/optuna; `study stack up` exports one); without it the
+Optuna storage is the SQLite file above, on the driver's machine.
 S3 endpoints and credentials come from the standard AWS variables only (AWS_ENDPOINT_URL,
 AWS_ACCESS_KEY_ID, ...), never from a spec file and never into logs or tracked params.
 """
@@ -19,6 +24,7 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Targets:
     tracking_uri: str
+    optuna_storage: str  # an SQLAlchemy URL
     storage: str  # a local folder or s3://bucket/prefix
     address: str | None  # a Ray cluster, or None for a local Ray instance
     home: Path  # the embedded default's folder
@@ -31,14 +37,11 @@ class Targets:
         """Artifacts of a local (SQLite) store go under STUDY_HOME; a tracking server decides its own."""
         return (self.home / "artifacts" / study).as_uri() if self.local_tracking else None
 
-    def experiment_path(self, study: str, model: str) -> str:
-        """The Ray Tune experiment of one model of a study."""
-        return f"{self.storage.rstrip('/')}/{study}-{model}"
-
     def public(self) -> dict:
-        """What may be shown and tracked (URIs carry no credentials here, but strip any userinfo)."""
-        return {"tracking_uri": without_userinfo(self.tracking_uri), "storage": without_userinfo(self.storage),
-                "ray_address": self.address or "local"}
+        """What may be shown and tracked: the locations without any user:password@."""
+        return {"tracking_uri": without_userinfo(self.tracking_uri),
+                "optuna_storage": without_userinfo(self.optuna_storage),
+                "storage": without_userinfo(self.storage), "ray_address": self.address or "local"}
 
 
 def home() -> Path:
@@ -50,13 +53,20 @@ def resolve_tracking_uri(flag: str | None = None, from_spec: str | None = None) 
             or f"sqlite:///{home() / 'mlflow.db'}")
 
 
-def resolve(spec, *, tracking_uri: str | None = None, storage: str | None = None,
-            address: str | None = None) -> Targets:
-    store = storage or os.environ.get("STUDY_STORAGE") or spec.storage.path or str(home() / "ray")
-    if "://" not in store:
-        store = str(Path(store).expanduser().resolve())
-    return Targets(resolve_tracking_uri(tracking_uri, spec.tracking.uri), store,
-                   address or os.environ.get("RAY_ADDRESS") or None, home())
+def resolve_optuna_storage(flag: str | None = None) -> str:
+    return flag or os.environ.get("STUDY_OPTUNA_STORAGE") or f"sqlite:///{home() / 'optuna.db'}"
+
+
+def resolve_storage(flag: str | None = None, from_spec: str | None = None) -> str:
+    store = flag or os.environ.get("STUDY_STORAGE") or from_spec or str(home() / "ray")
+    return store if "://" in store else str(Path(store).expanduser().resolve())
+
+
+def resolve(spec, *, tracking_uri: str | None = None, optuna_storage: str | None = None,
+            storage: str | None = None, address: str | None = None) -> Targets:
+    return Targets(resolve_tracking_uri(tracking_uri, spec.tracking.uri), resolve_optuna_storage(optuna_storage),
+                   resolve_storage(storage, spec.storage.path), address or os.environ.get("RAY_ADDRESS") or None,
+                   home())
 
 
 def without_userinfo(uri: str) -> str:

@@ -9,11 +9,11 @@ A user writes one YAML file per study (see ``search_spaces/``)::
       lr: {loguniform: [1.0e-4, 5.0e-4]}      # or a list of values: [1.0e-4, 5.0e-4]
       priors:
         standard: {}
-        vampprior: {K: [1000]}               # or {K: {int_loguniform: [100, 1000]}}
+        vampprior: {K: [1000], trials: 12}   # or {K: {int_loguniform: [100, 1000]}}
     fixed: {epochs: 2000, warmup: 100, ...}  # TrainConfig fields held fixed
-    search: {algorithm: tpe, seed: 0, trials_per_model: 8, max_concurrent: 2}
+    search: {algorithm: tpe, seed: 0, trials_per_group: 8, max_concurrent: null, retries: 2}
     early_stopping: {grace_period: 10, reduction_factor: 3}
-    resources: {cpus: 1, gpus: 0}
+    resources: {cpus: 1, gpus: {vae: 0.125, hvae: 0.25}}   # or one number for every model
     evaluation: {samples: 5000, test_limit: null}
     tracking: {uri: null}
     storage: {path: null}
@@ -22,11 +22,8 @@ A user writes one YAML file per study (see ``search_spaces/``)::
 problem becomes one :class:`~trainables.errors.InputError` whose message names the file, the
 field (dotted path) and what is allowed, one line per problem.
 
-The Optuna side: :meth:`StudySpec.suggest` is a define-by-run space for
-``OptunaSearch(space=...)``; it samples ``prior``, ``lr`` and, for mixture priors only,
-``K_<prior>`` (one Optuna distribution per name). :meth:`StudySpec.initial_points` gives one
-point per prior with the same names, and :meth:`StudySpec.decode` turns sampled parameters
-back into ``(prior, lr, K)``.
+A study compares (model, prior) groups; :mod:`study.search` turns a spec into its groups,
+their samplers and their trials' configs (the one contract between a space and the engine).
 
 Allowed datasets, models and priors come from the registries (``DATASETS``, ``MODELS``,
 ``PRIORS``) and mixture priors from :data:`trainables.config.MIXTURE_PRIORS`, so a new entry
@@ -40,10 +37,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError,
+                      field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from trainables.config import MIXTURE_PRIORS, TrainConfig
@@ -63,15 +61,12 @@ __all__ = [
     "Storage",
     "StudySpec",
     "Tracking",
-    "K_PARAM_PREFIX",
-    "k_param",
     "load_space",
     "parse_space",
 ]
 
 _DEFAULTS = TrainConfig()
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-K_PARAM_PREFIX = "K_"
 
 # Keys that look like credentials: rejected with a pointer to the environment variables.
 _SECRET_KEY = re.compile(
@@ -85,11 +80,6 @@ _CREDENTIALS_HINT = (
     "for the MLflow tracking server"
 )
 _SPEC_ERROR = "study_spec"  # our own pydantic error type: message lines "<relative path>\t<text>"
-
-
-def k_param(prior: str) -> str:
-    """The Optuna parameter name of K for `prior` (one distribution per name): ``K_<prior>``."""
-    return f"{K_PARAM_PREFIX}{prior}"
 
 
 # --------------------------------------------------------------------------- registries
@@ -197,10 +187,6 @@ class LogUniform(_Section):
     def high(self) -> float:
         return self.loguniform[1]
 
-    def middle(self) -> float:
-        """The geometric middle of the range."""
-        return math.sqrt(self.low * self.high)
-
 
 class IntLogUniform(_Section):
     """An integer sampled log-uniformly in [low, high]: ``{int_loguniform: [low, high]}``."""
@@ -215,15 +201,13 @@ class IntLogUniform(_Section):
     def high(self) -> int:
         return self.int_loguniform[1]
 
-    def middle(self) -> int:
-        """The geometric middle of the range, rounded into it."""
-        return min(self.high, max(self.low, round(math.sqrt(self.low * self.high))))
-
 
 class PriorOptions(_Section):
-    """The options of one prior in the space. K is set (never None) exactly for mixture priors."""
+    """The options of one prior in the space. K is set (never None) exactly for mixture priors;
+    `trials` overrides ``search.trials_per_group`` for this prior's groups."""
 
     K: list[int] | IntLogUniform | None = None
+    trials: int | None = Field(None, ge=1)
 
 
 def _check_lr(value: Any, problems: _Problems) -> Any:
@@ -391,11 +375,19 @@ def _check_priors(value: Any, problems: _Problems) -> dict[str, Any] | None:
                          + (", or {K: [500]}" if name in MIXTURE_PRIORS else "") + f"), got {_show(options)}")
             continue
         clean: dict[str, Any] = {}
+        allowed = ("K", "trials") if name in MIXTURE_PRIORS else ("trials",)
         for key in options:
-            if key == "K":
+            if key in ("K", "trials"):
                 continue
-            hint = "" if name in MIXTURE_PRIORS else f"the {name} prior takes no options: write {name}: {{}}"
-            problems.add(_join(path, str(key)), _unknown_text(key, ("K",) if name in MIXTURE_PRIORS else (), hint))
+            hint = "" if name in MIXTURE_PRIORS else f"the {name} prior has no components, so its only option is trials"
+            problems.add(_join(path, str(key)), _unknown_text(key, allowed, hint))
+        if options.get("trials") is not None:
+            trials = options["trials"]
+            if not _is_int(trials) or trials < 1:
+                problems.add(_join(path, "trials"), f"the trial budget of this prior's groups must be an "
+                             f"integer >= 1, got {_show(trials)}")
+            else:
+                clean["trials"] = trials
         if name in MIXTURE_PRIORS:
             K = _check_K(options.get("K", [_DEFAULTS.K]), problems, _join(path, "K"))
             clean["K"] = K
@@ -429,42 +421,62 @@ class Fixed(_Section):
 
 
 class Search(_Section):
-    """The Optuna sampler and how many trials run."""
+    """How each (model, prior) group is searched, and how trials are run.
 
-    algorithm: Literal["tpe", "random"] = "tpe"
+    Every group gets exactly its budget of trials (``trials_per_group``, or ``trials`` under a
+    prior) and its own sampler (study.search). ``max_concurrent`` caps the trials running at
+    once across the whole study (null: only the cluster's resources limit it). ``retries``: a
+    trial whose worker, node or storage fails is restarted from its last checkpoint this many
+    times; a diverging trial is a result and never retried."""
+
+    algorithm: Literal["tpe", "qmc", "random"] = "tpe"
     seed: int = Field(0, ge=0)
-    trials_per_model: int = Field(8, ge=1)
-    max_concurrent: int = Field(2, ge=1)
+    trials_per_group: int = Field(4, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    retries: int = Field(2, ge=0, le=100)
 
 
 class EarlyStopping(_Section):
-    """ASHA on the validation loss (beta = 1), one step per epoch."""
+    """ASHA on the validation loss (beta = 1), one step per epoch, within each group."""
 
     grace_period: int = Field(10, ge=1)
     reduction_factor: int = Field(3, ge=2)
 
 
+def _whole_above_one(value: float) -> float:
+    if value > 1 and value != int(value):
+        raise PydanticCustomError(_SPEC_ERROR, "{text}", {"text": (
+            f"\ta fraction of a GPU must be <= 1 (e.g. 0.25 puts four trials on one GPU); "
+            f"above 1 give a whole number, got {value:g}")})
+    return value
+
+
+def _one_or_per_model(value: Any) -> str:
+    return "per_model" if isinstance(value, Mapping) else "all"
+
+
+CpuShare = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+GpuShare = Annotated[float, Field(ge=0, allow_inf_nan=False), AfterValidator(_whole_above_one)]
+#: One number for every model, or a mapping model -> number (its union tags never reach messages).
+PerModelCpus = Annotated[Union[Annotated[CpuShare, Tag("all")], Annotated[dict[str, CpuShare], Tag("per_model")]],
+                         Discriminator(_one_or_per_model)]
+PerModelGpus = Annotated[Union[Annotated[GpuShare, Tag("all")], Annotated[dict[str, GpuShare], Tag("per_model")]],
+                         Discriminator(_one_or_per_model)]
+_UNION_TAGS = ("all", "per_model")
+
+
 class Resources(_Section):
-    """Per trial. Fractional GPUs share one device (e.g. 0.25: four trials per GPU)."""
+    """Per trial, for every model or per model (``gpus: {vae: 0.125, hvae: 0.25}``). Fractional
+    GPUs share one device (0.25: four trials per GPU)."""
 
-    cpus: float = Field(1.0, gt=0)
-    gpus: float = Field(0.0, ge=0)
+    cpus: PerModelCpus = 1.0
+    gpus: PerModelGpus = 0.0
 
-    @field_validator("cpus", "gpus")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise PydanticCustomError(_SPEC_ERROR, "{text}", {"text": f"\tmust be a finite number, got {value}"})
-        return value
-
-    @field_validator("gpus")
-    @classmethod
-    def _whole_above_one(cls, value: float) -> float:
-        if value > 1 and value != int(value):
-            raise PydanticCustomError(_SPEC_ERROR, "{text}", {"text": (
-                f"\ta fraction of a GPU must be <= 1 (e.g. 0.25 puts four trials on one GPU); "
-                f"above 1 give a whole number, got {value:g}")})
-        return value
+    def of(self, model: str) -> dict[str, float]:
+        """Ray's resource request of one trial of `model`: {"cpu": ..., "gpu": ...}."""
+        def pick(value):
+            return value[model] if isinstance(value, Mapping) else value
+        return {"cpu": pick(self.cpus), "gpu": pick(self.gpus)}
 
 
 class Evaluation(_Section):
@@ -577,10 +589,23 @@ class StudySpec(_Section):
 
     @model_validator(mode="after")
     def _check_together(self) -> "StudySpec":
+        problems = _Problems()
         if self.early_stopping.grace_period > self.fixed.epochs:
-            raise PydanticCustomError(_SPEC_ERROR, "{text}", {"text": (
-                f"early_stopping.grace_period\tmust be <= fixed.epochs ({self.fixed.epochs}), "
-                f"got {self.early_stopping.grace_period}")})
+            problems.add("early_stopping.grace_period", f"must be <= fixed.epochs ({self.fixed.epochs}), "
+                         f"got {self.early_stopping.grace_period}")
+        for field in ("cpus", "gpus"):
+            per_model = getattr(self.resources, field)
+            if not isinstance(per_model, Mapping):
+                continue
+            for model in per_model:
+                if model not in self.models:
+                    problems.add(f"resources.{field}.{model}", f"{model!r} is not a model of this study; "
+                                 f"its models: {', '.join(self.models)}")
+            missing = [m for m in self.models if m not in per_model]
+            if missing:
+                problems.add(f"resources.{field}", f"give every model of the study a value (missing: "
+                             f"{', '.join(missing)}), or one number for all")
+        problems.raise_if_any()
         return self
 
     # ---------------------------------------------------------------- accessors
@@ -599,12 +624,6 @@ class StudySpec(_Section):
     def priors(self) -> list[str]:
         """Prior names in file order."""
         return list(self.space.priors)
-
-    def K_values(self, prior: str) -> list[int] | None:
-        """The K values listed for `prior`; None for non-mixture priors and for an
-        ``int_loguniform`` range (read that from ``space.priors[prior].K``)."""
-        options = self._options(prior)
-        return list(options.K) if isinstance(options.K, list) else None
 
     def _options(self, prior: str) -> PriorOptions:
         try:
@@ -635,51 +654,6 @@ class StudySpec(_Section):
             device="auto",
         )
         return config.validate()
-
-    # ---------------------------------------------------------------- Optuna
-
-    def suggest(self, trial) -> None:
-        """Define-by-run space for ``OptunaSearch(space=spec.suggest)``.
-
-        Samples ``prior``, ``lr`` and, only for a mixture prior, ``K_<prior>``. Returns None:
-        the sampled values are in ``trial.params`` (see :meth:`decode`).
-        """
-        prior = trial.suggest_categorical("prior", self.priors())
-        lr = self.space.lr
-        if isinstance(lr, LogUniform):
-            trial.suggest_float("lr", lr.low, lr.high, log=True)
-        else:
-            trial.suggest_categorical("lr", list(lr))
-        if prior in MIXTURE_PRIORS:
-            K = self.space.priors[prior].K
-            if isinstance(K, IntLogUniform):
-                trial.suggest_int(k_param(prior), K.low, K.high, log=True)
-            else:
-                trial.suggest_categorical(k_param(prior), list(K))
-        return None
-
-    def initial_points(self) -> list[dict]:
-        """One point per prior, in file order, with :meth:`suggest`'s parameter names: lr at the
-        geometric middle of its range (or the first listed value), K the first listed (or the
-        geometric middle of its range). Give them to ``OptunaSearch(points_to_evaluate=...)``
-        so that every (model, prior) group gets at least one trial."""
-        lr = self.space.lr
-        lr0 = lr.middle() if isinstance(lr, LogUniform) else lr[0]
-        points = []
-        for prior in self.priors():
-            point: dict[str, Any] = {"prior": prior, "lr": lr0}
-            if prior in MIXTURE_PRIORS:
-                K = self.space.priors[prior].K
-                point[k_param(prior)] = K.middle() if isinstance(K, IntLogUniform) else K[0]
-            points.append(point)
-        return points
-
-    def decode(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Sampled parameters (``trial.params`` or a Tune config from :meth:`suggest`) ->
-        ``{"prior", "lr", "K"}`` with K None for non-mixture priors."""
-        prior = params["prior"]
-        K = params.get(k_param(prior)) if prior in MIXTURE_PRIORS else None
-        return {"prior": prior, "lr": float(params["lr"]), "K": None if K is None else int(K)}
 
 
 # --------------------------------------------------------------------------- reading files
@@ -773,6 +747,12 @@ def _loc_path(loc: tuple) -> str:
     return path
 
 
+def _without_union_tags(loc: tuple) -> tuple:
+    """pydantic names the member of a tagged union in `loc`; the user never wrote it."""
+    return tuple(part for i, part in enumerate(loc)
+                 if not (part in _UNION_TAGS and i > 0 and loc[i - 1] in ("cpus", "gpus")))
+
+
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The model class whose field set applies at `loc` (for 'unknown field; allowed: ...')."""
     cls: type[BaseModel] = StudySpec
@@ -789,6 +769,12 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         cls, i = ann, i + 1
     return cls
 
+
+#: Fields of earlier versions of the format, and what replaced them.
+_RENAMED = {
+    "search.trials_per_model": "the budget is per (model, prior) group now: search.trials_per_group "
+                               "(or trials under a prior in space.priors)",
+}
 
 _TYPE_WORDS = {
     "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
@@ -808,7 +794,7 @@ _TOP_HINTS = {
 
 def _describe(error: dict) -> list[tuple[str, str]]:
     """One pydantic error -> (dotted path, message) pairs in this module's style."""
-    loc = tuple(error["loc"])
+    loc = _without_union_tags(tuple(error["loc"]))
     path = _loc_path(loc)
     kind = error["type"]
     value = error.get("input")
@@ -817,13 +803,15 @@ def _describe(error: dict) -> list[tuple[str, str]]:
         pairs = []
         for line in str(ctx.get("text", error["msg"])).split("\n"):
             rel, _, text = line.partition("\t")
-            if rel.startswith("early_stopping.") and not loc:  # cross-field checks give full paths
+            if not loc:  # checks across sections give full paths
                 pairs.append((rel, text))
             elif rel.startswith("["):
                 pairs.append((path + rel, text))
             else:
                 pairs.append((_join(path, rel) if rel else path, text))
         return pairs
+    if kind == "extra_forbidden" and path in _RENAMED:
+        return [(path, f"unknown field; {_RENAMED[path]}")]
     if kind == "extra_forbidden":
         owner = _model_at(loc[:-1])
         allowed = list(owner.model_fields) if owner is not None else []

@@ -1,90 +1,228 @@
-"""`study run`, `study resume`, `study status` and `study pull`.
+"""`study run`, `study resume`, `study stop` and `study status`.
 
 Every check of the input happens before anything is created: the spec file, the dataset, the
-GPUs the trials ask for, whether the study exists in storage. Only then do Ray, the MLflow
-experiment and the storage folders come into being.
+GPUs the trials ask for, whether the study exists (and, on resume, whether the file still says
+what the study started with). Only then do Ray, the study's record, the Optuna studies, the
+MLflow experiment and the storage folders come into being.
 """
 from __future__ import annotations
 
+import socket
 import time
+import uuid
 from pathlib import Path
 
+import psutil
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from study import settings
-from study.spec import load_space
+from study.errors import StudyFailed, StudyInterrupted
+from study.manifest import Manifest, StudyFolder, fingerprint, resume_problems, spec_data
+from study.spec import StudySpec, load_space
 from trainables.errors import InputError
 
+STOP_WAIT_SECONDS = 300
 
-def run_study(space: Path, *, tracking_uri: str | None, storage: str | None, address: str | None,
-              dry_run: bool, resume: bool, console: Console) -> dict:
+
+def _check_study(spec: StudySpec, folder: StudyFolder, targets: settings.Targets, resume: bool) -> Manifest | None:
+    """`run` must not overwrite a study; `resume` needs one, started with this file's settings."""
+    from study.ledger import existing_groups
+
+    where = targets.public()
+    if not resume:
+        if folder.exists():
+            raise InputError(f"{spec.source}: name: study {spec.name!r} already exists in {where['storage']}; "
+                             "continue it with `study resume`, or give the study another name")
+        found = existing_groups(targets.optuna_storage, spec.name)
+        if found:
+            raise InputError(f"{spec.source}: name: the Optuna storage {where['optuna_storage']} already holds "
+                             f"studies of {spec.name!r} ({', '.join(found)}); give the study another name")
+        return None
+    if not folder.exists():
+        raise InputError(f"{spec.source}: name: no study {spec.name!r} in {where['storage']} to resume; "
+                         "start it with `study run`")
+    manifest = folder.read()
+    problems = resume_problems(folder.started_spec(manifest), spec)
+    if problems:
+        raise InputError("\n".join(f"{spec.source}: {p}" for p in problems))
+    if manifest.optuna_storage != where["optuna_storage"]:
+        raise InputError(f"--optuna-storage: study {spec.name!r} keeps its trials in {manifest.optuna_storage}, "
+                         f"not in {where['optuna_storage']}: give that storage (STUDY_OPTUNA_STORAGE)")
+    if _driver_alive(manifest.last_run):
+        raise InputError(f"study {spec.name!r} is running (pid {manifest.last_run.pid}); stop it first with "
+                         f"`study stop {spec.name}`")
+    return manifest
+
+
+def _driver_alive(run) -> bool | None:
+    """Whether the driver of a run that says it is running still is: True or False when it ran on
+    this machine, None when it ran elsewhere (unknown)."""
+    if run is None or run.state != "running":
+        return False
+    if run.host != socket.gethostname():
+        return None
+    try:
+        return any("study" in part for part in psutil.Process(run.pid).cmdline())
+    except psutil.Error:
+        return False
+
+
+def run_study(space: Path, *, tracking_uri: str | None, optuna_storage: str | None, storage: str | None,
+              address: str | None, dry_run: bool, resume: bool, console: Console) -> dict:
     import ray
 
-    from study.registry import register_champions
-    from study.runner import check_gpus, check_storage, local_gpus, run_trials
+    from study import search
+    from study.runner import check_gpus, local_gpus, start_ray
     from trainables.data import load_dataset
 
     started = time.perf_counter()
     spec = load_space(space)
-    targets = settings.resolve(spec, tracking_uri=tracking_uri, storage=storage, address=address)
+    targets = settings.resolve(spec, tracking_uri=tracking_uri, optuna_storage=optuna_storage, storage=storage,
+                               address=address)
     splits = load_dataset(spec.dataset)  # a dataset that cannot be had fails here, at once
     if not targets.address:
         check_gpus(spec, local_gpus())
-    check_storage(spec, targets, resume)
+    folder = StudyFolder(targets.storage, spec.name)
+    manifest = _check_study(spec, folder, targets, resume)
+    groups = search.groups(spec)
     plan = {"study": spec.name, "dataset": spec.dataset, "models": spec.models, "priors": spec.priors(),
-            "trials": spec.search.trials_per_model * len(spec.models), **targets.public()}
+            "groups": {g.label: g.budget for g in groups}, "trials": sum(g.budget for g in groups),
+            **targets.public()}
     if dry_run:
         return {**plan, "dry_run": True}
 
-    console.print(f"study [bold]{escape(spec.name)}[/bold]: {plan['trials']} trials of {', '.join(spec.models)} "
-                  f"on {escape(spec.dataset)}; tracking {escape(plan['tracking_uri'])}, storage {escape(plan['storage'])}")
+    start_ray(targets, spec)
     try:
-        study = run_trials(spec, targets, splits, resume=resume, console=console)
-        try:
-            champions = register_champions(study, lambda msg: console.print(escape(msg)))
-        except BaseException:
-            study.tracker.end_run(study.parent_id, "FAILED")  # `study resume` registers what is missing
-            raise
-        study.tracker.end_run(study.parent_id, "FINISHED")
+        return {**plan, "champions": _run(spec, targets, folder, manifest, splits, console),
+                "seconds": round(time.perf_counter() - started, 1)}
     finally:
         ray.shutdown()
+
+
+def _run(spec: StudySpec, targets, folder: StudyFolder, manifest: Manifest | None, splits, console) -> list[dict]:
+    import ray
+
+    from study.ledger import Ledger
+    from study.registry import register_champions
+    from study.runner import StudyRun, run_trials
+    from study.tracking import StudyTracker
+
+    if manifest is None:
+        manifest = Manifest(name=spec.name, study_id=uuid.uuid4().hex, created=time.time(),
+                            optuna_storage=targets.public()["optuna_storage"], fingerprint="", spec={})
+    manifest.spec, manifest.fingerprint = spec_data(spec), fingerprint(spec)  # a resume may raise budgets
+    run = folder.begin_run(manifest)
+    state = "failed"
+    try:
+        ledger = Ledger(targets.optuna_storage, spec)
+        tracker = StudyTracker(targets.tracking_uri, spec.name, manifest.study_id, targets.artifact_location(spec.name))
+        parent_id = tracker.parent_run({"dataset": spec.dataset, "models": ",".join(spec.models),
+                                        "priors": ",".join(spec.priors()), **targets.public()})
+        study = StudyRun(spec, targets, folder, run, ledger, tracker, parent_id, ray.put(splits))
+        todo = len(ledger.resumable) + sum(max(0, g.budget - ledger.issued(g)) for g in ledger.groups)
+        console.print(f"study [bold]{escape(spec.name)}[/bold] (run {run.number}): {todo} trials to run in "
+                      f"{len(ledger.groups)} groups of {', '.join(spec.models)} x {', '.join(spec.priors())} on "
+                      f"{escape(spec.dataset)}; tracking {escape(targets.public()['tracking_uri'])}, "
+                      f"storage {escape(folder.uri)}")
+        try:
+            run_trials(study, console)
+        except KeyboardInterrupt:
+            state = "interrupted"
+            raise StudyInterrupted(_resume_hint(spec, "was interrupted")) from None
+        if ledger.failures:
+            champions = register_champions(study, lambda msg: console.print(escape(msg)))
+            tracker.end_run(parent_id, "FAILED")
+            raise StudyFailed(_failures(spec, ledger))
+        if ledger.unended():
+            state = "stopped" if study.stop_requested else "interrupted"
+            raise StudyInterrupted(_resume_hint(spec, "was stopped by `study stop`" if study.stop_requested
+                                                else "was interrupted"))
+        champions = register_champions(study, lambda msg: console.print(escape(msg)))
+        tracker.end_run(parent_id, "FINISHED")
+        state = "finished"
+    except KeyboardInterrupt:
+        state = "interrupted"
+        raise
+    finally:
+        folder.end_run(manifest, state)
     _print_champions(console, champions)
-    return {**plan, "champions": champions, "seconds": round(time.perf_counter() - started, 1)}
+    return champions
+
+
+def _resume_hint(spec: StudySpec, what: str) -> str:
+    return f"study {spec.name!r} {what}; every unfinished trial continues from its checkpoint with `study resume {spec.source}`"
+
+
+def _failures(spec: StudySpec, ledger) -> str:
+    lines = [f"{key}: {(why.strip().splitlines() or ['?'])[-1][:300]}" for key, why in ledger.failures.items()]
+    return (f"study {spec.name!r}: {len(lines)} trial(s) failed after {spec.search.retries} retries "
+            f"(the champions of the groups that finished are registered):\n  " + "\n  ".join(lines)
+            + f"\n`study resume {spec.source}` runs them again from their last checkpoints")
 
 
 def _print_champions(console: Console, rows: list[dict]) -> None:
     table = Table(title="champions", title_justify="left")
-    for column in ("registered model", "trial", "val loss", "test LL", "version", "champion"):
+    for column in ("registered model", "trial", "epochs", "stopped", "val loss", "test LL", "protocol", "version",
+                   "champion"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["name"], r["trial"], f"{r['val_loss']:.2f}",
-                      "" if r["test_ll"] is None else f"{r['test_ll']:.2f}", str(r["version"]),
-                      str(r["champion_version"]))
+        table.add_row(r["name"], r["trial"], str(r["epochs"]), r["stop_reason"].replace("_", " "),
+                      f"{r['val_loss']:.2f}", "" if r["test_ll"] is None else f"{r['test_ll']:.2f}",
+                      str(r["protocol"]), str(r["version"]), str(r["champion_version"]))
     console.print(table)
+
+
+def stop(study: str, *, storage: str | None, wait: float = STOP_WAIT_SECONDS) -> dict:
+    """Ask a running study's driver to stop (it ends its trials resumably) and wait until it has."""
+    folder = StudyFolder(settings.resolve_storage(storage), study)
+    if not folder.exists():
+        raise InputError(f"STUDY: no study {study!r} in {settings.without_userinfo(folder.storage)} "
+                         "(give --storage or STUDY_STORAGE where it runs)")
+    last = folder.read().last_run
+    if last is None or last.state != "running":
+        raise InputError(f"STUDY: study {study!r} is not running (its last run {last.state if last else 'never ran'})")
+    if _driver_alive(last) is False:
+        raise InputError(f"STUDY: study {study!r} is not running: its driver (pid {last.pid}) is gone; "
+                         "`study resume` continues it")
+    folder.request_stop()
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        last = folder.read().last_run
+        if last.state != "running":
+            return {"study": study, "state": last.state, "run": last.number}
+        time.sleep(1.0)
+    raise RuntimeError(f"study {study!r}: its driver (pid {last.pid} on {last.host}) has not stopped within "
+                       f"{wait:g} s; if it is no longer running, `study resume` continues the study")
 
 
 def status(study: str | None, *, tracking_uri: str | None) -> dict:
     """The trials of a study (or the list of studies) from the tracking server."""
     from mlflow import MlflowClient
 
-    from study.tracking import FAILURE, ROLE, STOP_REASON, STUDY
+    from study.tracking import FAILURE, ROLE, STOP_REASON, STUDY, STUDY_ID
 
     uri = settings.resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
     if study is None:
         experiments = client.search_experiments(filter_string=f"tags.`{STUDY}` != ''")
-        return {"tracking_uri": uri, "studies": sorted(e.name for e in experiments)}
+        return {"tracking_uri": settings.without_userinfo(uri), "studies": sorted(e.name for e in experiments)}
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
         raise InputError(f"no study {study!r} at {settings.without_userinfo(uri)}")
-    runs = client.search_runs([experiment.experiment_id], f"tags.`{ROLE}` = 'trial'", max_results=10000,
+    parents = client.search_runs([experiment.experiment_id], f"tags.`{ROLE}` = 'study'", max_results=1,
+                                 order_by=["attributes.start_time DESC"])
+    query = f"tags.`{ROLE}` = 'trial'"
+    if parents and STUDY_ID in parents[0].data.tags:  # the latest study of that name
+        query += f" and tags.`{STUDY_ID}` = '{parents[0].data.tags[STUDY_ID]}'"
+    runs = client.search_runs([experiment.experiment_id], query, max_results=10000,
                               order_by=["attributes.start_time ASC"])
-    trials = [{"trial": r.data.tags.get(f"mlflow.runName", r.info.run_name), "state": r.info.status.lower(),
-               "stopped": r.data.tags.get(STOP_REASON, ""), "epoch": int(r.data.metrics.get("epoch", 0)),
-               "val_loss": r.data.metrics.get("val_loss"), "best_val_loss": r.data.metrics.get("best_val_loss"),
-               "test_ll": r.data.metrics.get("test_ll"), "failure": r.data.tags.get(FAILURE)} for r in runs]
+    trials = [{"trial": r.info.run_name, "group": f"{r.data.tags.get('model')}+{r.data.tags.get('prior')}",
+               "state": r.info.status.lower(), "stopped": r.data.tags.get(STOP_REASON, ""),
+               "epoch": int(r.data.metrics.get("epoch", 0)), "val_loss": r.data.metrics.get("val_loss"),
+               "best_val_loss": r.data.metrics.get("best_val_loss"), "test_ll": r.data.metrics.get("test_ll"),
+               "failure": r.data.tags.get(FAILURE)} for r in runs]
     return {"study": study, "tracking_uri": settings.without_userinfo(uri), "trials": trials}
 
 
@@ -93,10 +231,9 @@ def print_status(console: Console, result: dict) -> None:
         console.print("\n".join(result["studies"]) or "no studies")
         return
     table = Table(title=f"study {result['study']}", title_justify="left")
-    for column in ("trial", "state", "stopped", "epoch", "val loss", "best", "test LL"):
+    for column in ("trial", "state", "stopped", "epochs", "val loss", "best", "test LL"):
         table.add_column(column)
     for t in result["trials"]:
         table.add_row(t["trial"], t["state"], t["stopped"].replace("_", " "), str(t["epoch"]),
                       *("" if t[k] is None else f"{t[k]:.2f}" for k in ("val_loss", "best_val_loss", "test_ll")))
     console.print(table)
-

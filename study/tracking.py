@@ -1,14 +1,21 @@
-"""MLflow tracking of a study (layout in DESIGN.md): one experiment per study, one parent run per
-study, one child run per trial, metrics per epoch.
+"""MLflow tracking of a study: one experiment per study, one parent run per study, one child run
+per trial (tag `mlflow.parentRunId`), metrics per epoch.
 
-Only the driver writes to MLflow, through `TrackingCallback`: trials need no access to the
-tracking server, a SQLite store never sees two writers, and a trial is found again by its tag
-`vamp.trial_id` after a crash, so a resumed trial continues its own run and no run is duplicated.
+Only the driver writes to MLflow: trials need no access to the tracking server, a SQLite store
+never sees two writers, and a trial is found again by its tags (`vamp.study_id`,
+`vamp.trial_id`) after a crash, so a resumed trial continues its own run and no run is
+duplicated.
+
+`TrackingCallback` mirrors Tune's trials into MLflow on one background thread, in order: Tune's
+control loop only enqueues, so a slow tracking server or a model upload never stalls the
+scheduling of trials. `flush()` waits until everything is written and raises if a call failed.
 """
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -16,10 +23,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
 
-from trainables.config import MIXTURE_PRIORS, TrainConfig
-from trainables.tune_trainable import save_trial_model
+from study.search import run_name
+from trainables.config import TrainConfig
+from trainables.tune_trainable import save_trial_model, trial_config
 
-ROLE, STUDY, TRIAL_ID = "vamp.role", "vamp.study", "vamp.trial_id"
+ROLE, STUDY, STUDY_ID, TRIAL_ID = "vamp.role", "vamp.study", "vamp.study_id", "vamp.trial_id"
 STOP_REASON, FAILURE, NODE_ID = "vamp.stop_reason", "vamp.failure", "ray.node_id"
 
 #: Per-epoch results logged as metrics (names as in trainables.train.EpochMetrics).
@@ -27,32 +35,25 @@ EPOCH_METRICS = ("beta", "train_loss", "train_re", "train_kl", "val_loss", "val_
                  "epoch_seconds", "best_val_loss")
 
 
-def format_lr(lr: float) -> str:
-    """5e-4 for 0.0005, 2.7e-4 for 0.000273: short and sortable by eye."""
-    mantissa, exponent = f"{lr:.1e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
-
-def run_name(config: TrainConfig, trial_id: str) -> str:
-    """hvae-vampprior-K500-lr5e-4-<trial>: the name a trial has in Tune and in MLflow."""
-    k = f"-K{config.K}" if config.prior in MIXTURE_PRIORS else ""
-    return f"{config.model}-{config.prior}{k}-lr{format_lr(config.lr)}-{trial_id}"
+class TrackingError(RuntimeError):
+    """A tracking call failed; the study's results may be incomplete in MLflow."""
 
 
 class StudyTracker:
-    """The MLflow experiment of one study and its runs."""
+    """The MLflow experiment of one study and its runs (synchronous calls)."""
 
-    def __init__(self, tracking_uri: str, study: str, artifact_location: str | None = None):
-        self.client = MlflowClient(tracking_uri)
+    def __init__(self, tracking_uri: str, study: str, study_id: str, artifact_location: str | None = None):
+        self.client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.study = study
+        self.study_id = study_id
         experiment = self.client.get_experiment_by_name(study)
         self.experiment_id = (experiment.experiment_id if experiment else
                               self.client.create_experiment(study, artifact_location=artifact_location,
                                                             tags={STUDY: study}))
 
     def _find(self, **tags: str):
-        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in {STUDY_ID: self.study_id, **tags}.items())
         runs = self.client.search_runs([self.experiment_id], query, max_results=2)
         return runs[0] if runs else None
 
@@ -64,25 +65,26 @@ class StudyTracker:
                 self.client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id
         run = self.client.create_run(self.experiment_id, run_name=self.study,
-                                     tags={ROLE: "study", STUDY: self.study})
+                                     tags={ROLE: "study", STUDY: self.study, STUDY_ID: self.study_id})
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id
 
-    def run_of_trial(self, trial_id: str):
+    def run_of_trial(self, key: str):
         """The child run of a trial, or None."""
-        return self._find(**{TRIAL_ID: trial_id})
+        return self._find(**{TRIAL_ID: key})
 
-    def trial_run(self, parent_id: str, trial_id: str, config: TrainConfig, name: str) -> tuple[str, int]:
+    def trial_run(self, parent_id: str, key: str, config: TrainConfig, name: str) -> tuple[str, int]:
         """The child run of a trial (created if new) and the last epoch it has logged (0 for a new run)."""
-        run = self.run_of_trial(trial_id)
+        run = self.run_of_trial(key)
         if run is not None:
             if run.info.status != "RUNNING":
                 self.client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id, int(run.data.metrics.get("epoch", 0))
         tags = {MLFLOW_PARENT_RUN_ID: parent_id, MLFLOW_RUN_NAME: name, ROLE: "trial", STUDY: self.study,
-                TRIAL_ID: trial_id, "dataset": config.dataset, "model": config.model, "prior": config.prior}
+                STUDY_ID: self.study_id, TRIAL_ID: key, "dataset": config.dataset, "model": config.model,
+                "prior": config.prior}
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        params = {k: v for k, v in config.to_dict().items() if k != "K" or config.prior in MIXTURE_PRIORS}
+        params = {k: v for k, v in config.to_dict().items() if k != "K" or config.mixture}
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id, 0
 
@@ -104,58 +106,103 @@ class StudyTracker:
 
 
 class TrackingCallback(tune.Callback):
-    """Mirrors Tune's trials into MLflow child runs."""
+    """Mirrors Tune's trials into MLflow child runs, on one background thread (see the module)."""
 
-    def __init__(self, tracker: StudyTracker, parent_id: str, base: dict, config_of):
+    def __init__(self, tracker: StudyTracker, parent_id: str, base: dict):
         self.tracker = tracker
         self.parent_id = parent_id
-        self.config_of = config_of  # sampled params -> TrainConfig
-        self.base = base
-        self.runs: dict[str, tuple[str, int]] = {}  # trial id -> (run id, last logged epoch)
-        self.nodes: dict[str, str] = {}  # trial id -> the Ray node it runs on
+        self.base = base  # the study's fixed TrainConfig fields
+        self.runs: dict[str, tuple[str, int]] = {}  # trial key -> (run id, last logged epoch); writer thread only
+        self.nodes: dict[str, str] = {}  # trial key -> the Ray node it last ran on; writer thread only
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vamp-tracking")
+        self.pending: list[Future] = []
+        self.lock = threading.Lock()
+        self.errors: list[str] = []
 
-    def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment
-        state = dict(self.__dict__)
-        state["tracker"] = (self.tracker.tracking_uri, self.tracker.study)
-        return state
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks into tuner.pkl; a study never restores from it (the ledger
+        # and the tags above are its state), so keep only what names the study.
+        return {"tracking_uri": self.tracker.tracking_uri, "study": self.tracker.study}
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.tracker = StudyTracker(*state["tracker"])
+    # ---------------------------------------------------------------- the writer thread
 
-    def _run(self, trial) -> str:
-        if trial.trial_id not in self.runs:
-            config = self.config_of(self.base, trial.config)
-            self.runs[trial.trial_id] = self.tracker.trial_run(self.parent_id, trial.trial_id, config,
-                                                               run_name(config, trial.trial_id))
-        return self.runs[trial.trial_id][0]
+    def _submit(self, fn, *args) -> None:
+        def call():
+            try:
+                fn(*args)
+            except Exception as e:  # noqa: BLE001 - reported by flush(), with the study's resume hint
+                with self.lock:
+                    self.errors.append(f"{fn.__name__}: {type(e).__name__}: {e}")
+        with self.lock:
+            self.pending = [f for f in self.pending if not f.done()]
+            self.pending.append(self.writer.submit(call))
+
+    def backlog(self) -> int:
+        """Tracking calls not written yet."""
+        with self.lock:
+            return sum(not f.done() for f in self.pending)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every queued call is written; raise TrackingError if any failed."""
+        with self.lock:
+            pending = list(self.pending)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for future in pending:
+            future.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if self.errors:
+            raise TrackingError("; ".join(self.errors[:5]))
+
+    def _run(self, key: str, sampled: dict) -> str:
+        if key not in self.runs:
+            config = trial_config(self.base, sampled)
+            self.runs[key] = self.tracker.trial_run(self.parent_id, key, config,
+                                                    run_name(config, int(sampled["number"])))
+        return self.runs[key][0]
+
+    def _start(self, key: str, sampled: dict) -> None:
+        self._run(key, sampled)
+
+    def _result(self, key: str, sampled: dict, result: dict) -> None:
+        run_id = self._run(key, sampled)
+        if int(result.get("epoch", 0)) > self.runs[key][1]:  # a restored trial repeats epochs already logged
+            self.tracker.log_epoch(run_id, result)
+            self.runs[key] = (run_id, int(result["epoch"]))
+        node = result.get("node_id")
+        if node and node != self.nodes.get(key):
+            self.nodes[key] = node
+            self.tracker.client.set_tag(run_id, NODE_ID, node)
+
+    def _complete(self, key: str, sampled: dict, result: dict, checkpoint) -> None:
+        run_id = self._run(key, sampled)
+        tags = {STOP_REASON: result.get("stop_reason") or "asha"}  # a scheduler stop has no last word
+        if result.get("diverged"):
+            tags[FAILURE] = str(result["diverged"])
+        if checkpoint is not None:
+            self.tracker.log_model(run_id, trial_config(self.base, sampled), checkpoint)
+        self.tracker.end_run(run_id, "FINISHED", **tags)
+
+    def _error(self, key: str, sampled: dict, message: str) -> None:
+        self.tracker.end_run(self._run(key, sampled), "FAILED", **{STOP_REASON: "failed", FAILURE: message})
+
+    # ---------------------------------------------------------------- Tune's hooks (control loop)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run(trial)
+        self._submit(self._start, trial.config["trial"], dict(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self._run(trial)
-        last = self.runs[trial.trial_id][1]
-        if int(result.get("epoch", 0)) > last:  # a restored trial repeats epochs already logged
-            self.tracker.log_epoch(run_id, result)
-            self.runs[trial.trial_id] = (run_id, int(result["epoch"]))
-        if result.get("node_id") and result["node_id"] != self.nodes.get(trial.trial_id):
-            self.nodes[trial.trial_id] = result["node_id"]
-            self.tracker.client.set_tag(run_id, NODE_ID, result["node_id"])
+        self._submit(self._result, trial.config["trial"], dict(trial.config), dict(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        reason = (trial.last_result or {}).get("stop_reason") or "asha"  # ASHA stops without a last word
-        run_id = self._run(trial)
-        if trial.checkpoint is not None:
-            self.tracker.log_model(run_id, self.config_of(self.base, trial.config), trial.checkpoint)
-        self.tracker.end_run(run_id, "FINISHED", **{STOP_REASON: reason})
+        # A trial resumed by `study resume` that ended at once has no checkpoint of this run: its
+        # weights are in the checkpoint it was resumed from.
+        self._submit(self._complete, trial.config["trial"], dict(trial.config), dict(trial.last_result or {}),
+                     trial.checkpoint or trial.config.get("checkpoint"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        message = _error_text(trial)[-4000:]
-        self.tracker.end_run(self._run(trial), "FAILED", **{STOP_REASON: "failed", FAILURE: message})
+        self._submit(self._error, trial.config["trial"], dict(trial.config), error_text(trial)[-4000:])
 
 
-def _error_text(trial) -> str:
+def error_text(trial) -> str:
     """The trial's error: Tune writes it to the trial's local error file before calling back
     (`get_error()` reads storage, which is synced later)."""
     path = Path(trial.error_file) if trial.error_file else None

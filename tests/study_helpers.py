@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def small_space(folder: Path, name: str = "tiny", **overrides) -> Path:
-    """A space that runs in seconds: vae, two priors, 3 epochs on 500 images."""
+    """A space that runs in seconds: vae with two priors, two trials each, 3 epochs on 500 images.
+    `section=value` replaces a section, `section__field=value` one field."""
     spec = {
         "name": name,
         "dataset": "static_mnist",
@@ -23,7 +24,7 @@ def small_space(folder: Path, name: str = "tiny", **overrides) -> Path:
         "space": {"lr": {"loguniform": [3.0e-4, 1.0e-3]},
                   "priors": {"standard": {}, "vampprior": {"K": [20]}}},
         "fixed": {"epochs": 3, "warmup": 2, "patience": 0, "hidden": 64, "train_limit": 500},
-        "search": {"algorithm": "tpe", "seed": 0, "trials_per_model": 3, "max_concurrent": 2},
+        "search": {"algorithm": "tpe", "seed": 0, "trials_per_group": 2},
         "early_stopping": {"grace_period": 1, "reduction_factor": 2},
         "resources": {"cpus": 1, "gpus": 0},
         "evaluation": {"samples": 20, "test_limit": 50},
@@ -31,7 +32,7 @@ def small_space(folder: Path, name: str = "tiny", **overrides) -> Path:
     for key, value in overrides.items():
         section, _, field = key.partition("__")
         if field:
-            spec[section][field] = value
+            spec.setdefault(section, {})[field] = value
         else:
             spec[section] = value
     path = folder / f"{name}.yaml"
@@ -71,8 +72,36 @@ class Tracked:
     def epochs(self, run) -> list[int]:
         return [m.step for m in self.client.get_metric_history(run.info.run_id, "train_loss")]
 
+    def trial(self, key: str):
+        """The run of the trial with this key."""
+        (run,) = [r for r in self.trials if r.data.tags["vamp.trial_id"] == key]
+        return run
+
     def versions(self, name: str) -> list:
         return list(self.client.search_model_versions(f"name = '{name}'"))
 
     def champion(self, name: str):
         return self.client.get_model_version_by_alias(name, "champion")
+
+
+def optuna_groups(url: str, study: str) -> dict[str, list]:
+    """The Optuna studies of a study's groups: group label -> its trials."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(url)
+    return {s.study_name.split("/", 1)[1]: optuna.load_study(study_name=s.study_name, storage=storage).trials
+            for s in storage.get_all_studies() if s.study_name.startswith(f"{study}/")}
+
+
+def result_lines(storage: Path, study: str) -> dict[str, list[dict]]:
+    """Tune's result.json of every trial, over every run of the study: trial key -> results in order."""
+    out: dict[str, list[dict]] = {}
+    for path in sorted((storage / study).glob("run-*/*/result.json"), key=lambda p: int(p.parts[-3][4:])):
+        out.setdefault(path.parent.name, []).extend(
+            json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return out
+
+
+def overlap(a, b) -> bool:
+    """Whether two MLflow runs ran at the same time."""
+    return a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time

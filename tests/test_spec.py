@@ -1,13 +1,11 @@
-"""Tests of study.spec: the search-space files, their validation messages and the Optuna side."""
+"""Tests of study.spec: the search-space files and their validation messages."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import optuna
 import pytest
 
-from study.spec import IntLogUniform, LogUniform, StudySpec, k_param, load_space, parse_space
+from study.spec import IntLogUniform, LogUniform, StudySpec, load_space, parse_space
 from trainables.config import MIXTURE_PRIORS, TrainConfig
 from trainables.errors import InputError
 
@@ -18,7 +16,10 @@ PAPER_MODELS = ["vae", "hvae", "convhvae", "pixelhvae"]
 PAPER_PRIORS = ["standard", "mog", "vampprior", "vampprior_data"]
 DATASET_FILES = ["static_mnist", "dynamic_mnist", "omniglot", "caltech101", "freyfaces", "histopathology"]
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+def K_values(spec: StudySpec, prior: str):
+    K = spec.space.priors[prior].K
+    return list(K) if isinstance(K, list) else K
 
 
 def _spec(**changes) -> StudySpec:
@@ -44,8 +45,9 @@ def test_every_shipped_file_loads(path: Path) -> None:
     assert spec.name == path.stem
     for model in spec.models:
         for prior in spec.priors():
-            assert spec.train_config(model=model, prior=prior, lr=spec.initial_points()[0]["lr"],
-                                     K=(spec.K_values(prior) or [None])[0], seed=0).dataset == spec.dataset
+            K = K_values(spec, prior)
+            assert spec.train_config(model=model, prior=prior, lr=1e-4, K=K[0] if K else None,
+                                     seed=0).dataset == spec.dataset
 
 
 def test_one_file_per_dataset_and_a_quickstart() -> None:
@@ -58,17 +60,18 @@ def test_paper_settings(dataset: str, K: int) -> None:
     assert spec.dataset == dataset
     assert spec.models == PAPER_MODELS
     assert spec.priors() == PAPER_PRIORS
-    assert spec.K_values("standard") is None
+    assert K_values(spec, "standard") is None
     for prior in PAPER_PRIORS[1:]:
-        assert spec.K_values(prior) == [K]
+        assert K_values(spec, prior) == [K]
     assert spec.space.lr == LogUniform(loguniform=(1e-4, 5e-4))
     fixed = spec.fixed
     assert (fixed.epochs, fixed.warmup, fixed.patience, fixed.batch_size) == (2000, 100, 50, 100)
     assert (fixed.z1_size, fixed.z2_size, fixed.hidden, fixed.train_limit) == (40, 40, 300, None)
     assert (spec.evaluation.samples, spec.evaluation.test_limit) == (5000, None)
-    assert (spec.resources.cpus, spec.resources.gpus) == (1, 0.25)
+    assert [spec.resources.of(m) for m in PAPER_MODELS] == [
+        {"cpu": 1, "gpu": 0.125}, {"cpu": 1, "gpu": 0.25}, {"cpu": 1, "gpu": 0.5}, {"cpu": 1, "gpu": 0.5}]
     assert (spec.early_stopping.grace_period, spec.early_stopping.reduction_factor) == (100, 3)
-    assert spec.search.max_concurrent == 4 and spec.search.trials_per_model >= 1
+    assert spec.search.max_concurrent is None and spec.search.trials_per_group >= 3
     assert (spec.tracking.uri, spec.storage.path) == (None, None)
 
 
@@ -76,10 +79,10 @@ def test_quickstart_is_small() -> None:
     """It runs on 2 CPU cores in minutes, with real (mirrored) data: bounds, not exact values."""
     spec = load_space(SPACES / "quickstart.yaml")
     assert (spec.name, spec.dataset) == ("quickstart", "static_mnist")
-    assert "vampprior" in spec.priors() and max(spec.K_values("vampprior")) <= 100
+    assert "vampprior" in spec.priors() and max(K_values(spec, "vampprior")) <= 100
     assert spec.fixed.epochs <= 5 and spec.fixed.train_limit <= 5000
-    assert (spec.resources.cpus, spec.resources.gpus) == (1, 0) and spec.search.max_concurrent <= 2
-    assert spec.search.trials_per_model * len(spec.models) <= 8
+    assert spec.resources.of("vae") == {"cpu": 1, "gpu": 0}
+    assert spec.search.trials_per_group * len(spec.models) * len(spec.priors()) <= 8
     assert spec.evaluation.samples <= 500 and spec.evaluation.test_limit <= 1000
 
 
@@ -95,7 +98,7 @@ def test_defaults_are_trainconfig_defaults(tmp_path: Path) -> None:
     for field, value in spec.fixed.model_dump().items():
         assert value == getattr(default, field), field
     assert spec.evaluation.samples == default.samples
-    assert spec.K_values("vampprior") == [default.K]  # K omitted: TrainConfig's default
+    assert K_values(spec, "vampprior") == [default.K]  # K omitted: TrainConfig's default
     assert spec.space.lr == [5e-4]  # 5e-4 without a dot is a float, not a string
     assert (spec.search.algorithm, spec.resources.gpus) == ("tpe", 0)
 
@@ -129,7 +132,6 @@ def test_train_config_applies_fixed_fields(small_space: Path) -> None:
                                  train_limit=2000, samples=500, test_limit=500, device="auto")
     standard = spec.train_config(model="vae", prior="standard", lr=3e-4, K=None, seed=0)
     assert standard.K == TrainConfig().K and not standard.mixture
-    assert spec.K_values("standard") is None
 
 
 @pytest.mark.parametrize("model, prior, error", [("hvae", "standard", ValueError), ("vae", "mog", KeyError)])
@@ -144,7 +146,7 @@ def test_spec_is_frozen_and_round_trips() -> None:
         spec.name = "other"  # type: ignore[misc]
     assert StudySpec.model_validate(spec.model_dump(mode="json")) == spec
     assert "source" not in StudySpec.model_json_schema()["properties"]
-    assert isinstance(spec.space.priors["mog"].K, IntLogUniform) and spec.K_values("mog") is None
+    assert isinstance(spec.space.priors["mog"].K, IntLogUniform)
 
 
 def test_mixture_priors_come_from_trainconfig() -> None:
@@ -154,62 +156,7 @@ def test_mixture_priors_come_from_trainconfig() -> None:
 def spec_mixtures() -> set[str]:
     spec = _spec(space={"lr": [1e-4], "priors": {p: {} for p in
                                                  ["standard", "mog", "vampprior", "vampprior_data", "vampprior_weighted"]}})
-    return {p for p in spec.priors() if spec.K_values(p) is not None}
-
-
-# --------------------------------------------------------------------------- Optuna
-
-
-def _ask(spec: StudySpec, n: int, enqueue: list[dict] | None = None) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5))
-    for point in enqueue or []:
-        study.enqueue_trial(point)
-    for i in range(n):
-        trial = study.ask()
-        assert spec.suggest(trial) is None
-        study.tell(trial, float(i % 7))
-    return study.trials
-
-
-@pytest.mark.parametrize("lr", [{"loguniform": [1e-4, 5e-4]}, [1e-4, 5e-4]], ids=["loguniform", "categorical"])
-def test_suggest_samples_the_space(lr) -> None:
-    spec = _spec(space={"lr": lr, "priors": {"standard": {}, "vampprior": {"K": [50, 500]},
-                                             "mog": {"K": {"int_loguniform": [10, 1000]}}}})
-    seen = set()
-    for trial in _ask(spec, 30):
-        params = trial.params
-        prior = params["prior"]
-        seen.add(prior)
-        assert prior in spec.priors()
-        K_names = {k for k in params if k.startswith("K")}
-        assert K_names == ({k_param(prior)} if prior in MIXTURE_PRIORS else set())
-        if prior == "vampprior":
-            assert params[k_param(prior)] in (50, 500)
-        if prior == "mog":
-            assert isinstance(params["K_mog"], int) and 10 <= params["K_mog"] <= 1000
-        if isinstance(lr, dict):
-            assert 1e-4 <= params["lr"] <= 5e-4
-        else:
-            assert params["lr"] in lr
-        decoded = spec.decode(params)
-        assert decoded["prior"] == prior and decoded["lr"] == params["lr"]
-        assert (decoded["K"] is None) == (prior not in MIXTURE_PRIORS)
-    assert seen == set(spec.priors())
-
-
-@pytest.mark.parametrize("lr, first", [({"loguniform": [1e-4, 4e-4]}, 2e-4), ([3e-4, 1e-4], 3e-4)])
-def test_initial_points_are_reproduced_by_suggest(lr, first: float) -> None:
-    spec = _spec(space={"lr": lr, "priors": {"standard": {}, "vampprior": {"K": [50, 500]},
-                                             "mog": {"K": {"int_loguniform": [10, 1000]}}}})
-    points = spec.initial_points()
-    assert [p["prior"] for p in points] == spec.priors()
-    assert points[1] == {"prior": "vampprior", "lr": pytest.approx(first), "K_vampprior": 50}
-    assert points[0] == {"prior": "standard", "lr": pytest.approx(first)}
-    assert points[2]["K_mog"] == 100  # geometric middle of [10, 1000]
-    trials = _ask(spec, len(points), enqueue=points)
-    for point, trial in zip(points, trials):
-        assert trial.params == point
-    assert all(math.isclose(p["lr"], first) for p in points)
+    return {p for p in spec.priors() if spec.space.priors[p].K is not None}
 
 
 # --------------------------------------------------------------------------- bad files
@@ -264,20 +211,3 @@ def test_message_names_the_path_as_given(tmp_path: Path, monkeypatch: pytest.Mon
         load_space("x.yaml")
     assert str(info.value) == ("x.yaml: dataset: 'cifar' is not a dataset; allowed: caltech101, dynamic_mnist, "
                                "freyfaces, histopathology, omniglot, static_mnist")
-
-
-def test_suggest_and_initial_points_drive_ray_optuna_search() -> None:
-    """The way the orchestrator uses them: OptunaSearch(space=spec.suggest, points_to_evaluate=...)."""
-    OptunaSearch = pytest.importorskip("ray.tune.search.optuna").OptunaSearch
-    spec = load_space(SPACES / "quickstart.yaml")
-    search = OptunaSearch(space=spec.suggest, points_to_evaluate=spec.initial_points(), metric="loss", mode="min",
-                          sampler=optuna.samplers.TPESampler(seed=0))
-    configs = []
-    for i in range(6):
-        configs.append(search.suggest(f"t{i}"))
-        search.on_trial_complete(f"t{i}", {"loss": float(i)})
-    assert configs[:2] == spec.initial_points()
-    for config in configs:
-        setting = spec.decode(config)
-        spec.train_config(model="vae", seed=0, **setting)
-        assert (setting["K"] == 50) == (setting["prior"] == "vampprior")

@@ -17,27 +17,34 @@ AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", 
 @pytest.fixture
 def base_env(tmp_path, data_cache):
     return {"STUDY_HOME": str(tmp_path / "studies"), "STUDY_CACHE_DIR": str(data_cache), "STUDY_DATA_MIRROR": "",
-            "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", "STUDY_STORAGE": ""}
+            "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", "STUDY_STORAGE": "", "STUDY_OPTUNA_STORAGE": ""}
 
 
 def test_remote_tracking_server_postgres_and_s3_storage(base_env, tmp_path, s3_server, mlflow_server,
                                                         postgres_server):
     s3_server.create_bucket("vamp-ray")
-    env = {**base_env, **s3_server.env()}  # the driver and Ray write checkpoints to S3 themselves
+    env = {**base_env, **s3_server.env(),  # the driver and Ray write checkpoints to S3 themselves
+           "STUDY_OPTUNA_STORAGE": postgres_server.database_uri("optuna")}
     space = small_space(tmp_path, name="remote")
     result = json_out(study("run", space, "--tracking-uri", mlflow_server.tracking_uri,
                             "--storage", "s3://vamp-ray/studies", "--json", env=env))
     assert not Path(base_env["STUDY_HOME"]).exists()  # nothing went to the embedded default
+    assert postgres_server.password not in result["optuna_storage"]
 
-    # Ray's experiment state and checkpoints are in the bucket
-    ray_keys = s3_server.list_keys("vamp-ray", "studies/remote-vae/")
-    assert any(k.rsplit("/", 1)[-1].startswith("experiment_state") for k in ray_keys)
+    # the study's record, Ray's experiment state and checkpoints are in the bucket
+    ray_keys = s3_server.list_keys("vamp-ray", "studies/remote/")
+    assert "studies/remote/study.json" in ray_keys
+    assert any(k.startswith("studies/remote/run-1/experiment_state") for k in ray_keys)
     assert any(k.endswith("/checkpoint.pt") for k in ray_keys)
+    # the groups' Optuna studies are in the deployment's PostgreSQL
+    with psycopg.connect(**{**postgres_server.conninfo, "dbname": "optuna"}) as db:
+        studies = {row[0] for row in db.execute("select study_name from studies")}
+    assert studies == {"remote/vae+standard", "remote/vae+vampprior"}
     # MLflow's runs are in PostgreSQL, its artifacts (registered weights) in S3
     with psycopg.connect(**postgres_server.conninfo) as db:
         names = {row[0] for row in db.execute("select name from runs where status = 'FINISHED'")}
     t = Tracked(mlflow_server.tracking_uri, "remote")
-    assert {r.info.run_name for r in t.trials + t.parents} <= names and len(t.trials) == 3
+    assert {r.info.run_name for r in t.trials + t.parents} <= names and len(t.trials) == 4
     mlflow_keys = s3_server.list_keys(MLFLOW_BUCKET, "mlflow/")
     assert sum(k.endswith("model/weights.pt") for k in mlflow_keys) == len(t.trials)  # every trial's best weights
     assert sum(k.endswith("figures/generations.png") for k in mlflow_keys) == len(result["champions"])
@@ -62,8 +69,7 @@ def test_two_node_cluster_without_a_shared_dataset_folder(base_env, tmp_path, mo
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        space = small_space(tmp_path, name="twonodes", search={"algorithm": "tpe", "seed": 0,
-                                                               "trials_per_model": 4, "max_concurrent": 2})
+        space = small_space(tmp_path, name="twonodes", search={"algorithm": "tpe", "seed": 0, "trials_per_group": 2})
         result = json_out(study("run", space, "--address", cluster.address, "--json", env=base_env))
     finally:
         cluster.shutdown()
@@ -87,7 +93,7 @@ def test_fractional_gpus_share_a_gpu_and_too_many_are_refused(base_env, tmp_path
         assert not Path(base_env["STUDY_HOME"]).exists()
 
         space = small_space(tmp_path, name="halfgpu", resources={"cpus": 1, "gpus": 0.5},
-                            search={"algorithm": "tpe", "seed": 0, "trials_per_model": 2, "max_concurrent": 2})
+                            search={"algorithm": "tpe", "seed": 0, "trials_per_group": 1})
         json_out(study("run", space, "--address", cluster.address, "--json", env=base_env))
     finally:
         cluster.shutdown()

@@ -1,14 +1,15 @@
-"""Interrupt a study's driver mid-study (Ctrl-C or SIGKILL), then `study resume`: finished trials
-are not run again, no run is duplicated or left running, one registry version per group."""
-import json
+"""Interrupt a study's driver mid-study (Ctrl-C, SIGKILL or `study stop` from another terminal),
+then `study resume`: finished trials are not run again, no run is duplicated or left running, one
+registry version per group. A changed spec is refused; a larger budget adds only new trials."""
 import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.study_helpers import Tracked, json_out, small_space, study, study_process
+from tests.study_helpers import Tracked, json_out, optuna_groups, result_lines, small_space, study, study_process
 
 TRIALS = 4
 
@@ -16,7 +17,7 @@ TRIALS = 4
 @pytest.fixture
 def base_env(tmp_path, data_cache):
     return {"STUDY_HOME": str(tmp_path / "studies"), "STUDY_CACHE_DIR": str(data_cache), "STUDY_DATA_MIRROR": "",
-            "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", "STUDY_STORAGE": ""}
+            "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", "STUDY_STORAGE": "", "STUDY_OPTUNA_STORAGE": ""}
 
 
 def wait_for_progress(tracking_uri: str, name: str, process, timeout: float = 300) -> None:
@@ -61,38 +62,36 @@ def reap_ray_orphans():
             pass
 
 
-def result_lines(storage: Path, study: str) -> dict[str, list[dict]]:
-    """Tune's result.json of every trial: the results it received, in order."""
-    out = {}
-    for path in (storage / f"{study}-vae").glob("*/result.json"):
-        out[path.parent.name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return out
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
-def test_interrupted_study_resumes_without_repeats_or_duplicates(sig, base_env, tmp_path, reap_ray_orphans):
-    name = f"resume-{sig.name.lower()}"
+@pytest.mark.parametrize("how", ["sigint", "sigkill", "study-stop"])
+def test_interrupted_study_resumes_without_repeats_or_duplicates(how, base_env, tmp_path, reap_ray_orphans):
+    name = f"resume-{how}"
     space = small_space(tmp_path, name=name,
                         fixed={"epochs": 8, "warmup": 2, "patience": 0, "hidden": 64, "train_limit": 1000},
-                        search={"algorithm": "tpe", "seed": 1, "trials_per_model": TRIALS, "max_concurrent": 2},
+                        search={"algorithm": "tpe", "seed": 1, "trials_per_group": TRIALS // 2},
                         early_stopping={"grace_period": 4, "reduction_factor": 2})
     tracking_uri = f"sqlite:///{base_env['STUDY_HOME']}/mlflow.db"
     process = study_process("run", space, env=base_env, log=tmp_path / "first.log")
     try:
         wait_for_progress(tracking_uri, name, process)
-        process.send_signal(sig)
+        if how == "study-stop":
+            stopped = json_out(study("stop", name, "--json", env=base_env, timeout=300))
+            assert stopped == {"study": name, "state": "stopped", "run": 1}
+        else:
+            process.send_signal(signal.SIGINT if how == "sigint" else signal.SIGKILL)
         code = process.wait(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
     log = (tmp_path / "first.log").read_text()
-    if sig == signal.SIGINT:
+    if how == "sigkill":
+        assert code == -signal.SIGKILL
+    else:
         assert code == 130, log[-3000:]
         assert "study resume" in log
-    else:
-        assert code == -signal.SIGKILL
     before = Tracked(tracking_uri, name)
     assert any(r.info.status == "RUNNING" for r in before.trials + before.parents)  # really cut mid-study
+    again = study("stop", name, env=base_env)  # nothing runs now
+    assert again.returncode == 2 and "is not running" in again.stderr
 
     result = json_out(study("resume", space, "--json", env=base_env))
 
@@ -100,7 +99,7 @@ def test_interrupted_study_resumes_without_repeats_or_duplicates(sig, base_env, 
     assert len(t.parents) == 1 and t.parents[0].info.status == "FINISHED"
     trial_ids = [r.data.tags["vamp.trial_id"] for r in t.trials]
     assert len(trial_ids) == TRIALS == len(set(trial_ids))  # no duplicate runs
-    assert all(r.info.status in ("FINISHED", "FAILED") for r in t.trials)  # none left running
+    assert all(r.info.status == "FINISHED" for r in t.trials)  # none left running
     for run in t.trials:
         epochs = t.epochs(run)
         assert epochs == list(range(1, len(epochs) + 1))  # every epoch logged once
@@ -109,5 +108,35 @@ def test_interrupted_study_resumes_without_repeats_or_duplicates(sig, base_env, 
     for trial, results in lines.items():
         completions = [r for r in results if r.get("stop_reason")]
         assert len(completions) <= 1, f"trial {trial} completed twice"
+        epochs = [r["epoch"] for r in results]  # a resumed trial continues from its newest checkpoint
+        assert all(later >= earlier for earlier, later in zip(epochs, epochs[1:])), (trial, epochs)
+    groups = optuna_groups(f"sqlite:///{base_env['STUDY_HOME']}/optuna.db", name)
+    assert all(len(trials) == TRIALS // 2 and all(t.state.is_finished() for t in trials) for trials in groups.values())
     for group in result["champions"]:
         assert len(t.versions(group["name"])) == 1
+
+
+def test_resume_refuses_a_changed_spec_and_adds_the_trials_of_a_larger_budget(base_env, tmp_path):
+    space = small_space(tmp_path, name="grow", search={"seed": 0, "trials_per_group": 1})
+    first = json_out(study("run", space, "--json", env=base_env))
+    assert first["trials"] == 2
+
+    spec = yaml.safe_load(space.read_text())
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump({**spec, "fixed": {**spec["fixed"], "epochs": 5, "hidden": 32}}))
+    refused = study("resume", changed, env=base_env)
+    assert refused.returncode == 2
+    assert "fixed.epochs: changed since the study started (was 3, now 5)" in refused.stderr
+    assert "fixed.hidden: changed since the study started (was 64, now 32)" in refused.stderr
+    assert not (Path(base_env["STUDY_HOME"]) / "ray" / "grow" / "run-2").exists()  # nothing started
+
+    shrunk = tmp_path / "shrunk.yaml"
+    shrunk.write_text(yaml.safe_dump({**spec, "search": {**spec["search"], "trials_per_group": 2},
+                                      "space": {**spec["space"], "priors": {"standard": {"trials": 3},
+                                                                            "vampprior": {"K": [20]}}}}))
+    more = json_out(study("resume", shrunk, "--json", env=base_env))
+    assert more["trials"] == 5 and more["groups"] == {"vae+standard": 3, "vae+vampprior": 2}
+    run_2 = sorted(p.name for p in (Path(base_env["STUDY_HOME"]) / "ray" / "grow" / "run-2").iterdir() if p.is_dir())
+    assert run_2 == ["vae-standard-001", "vae-standard-002", "vae-vampprior-001"]  # only the new trials ran
+    t = Tracked(f"sqlite:///{base_env['STUDY_HOME']}/mlflow.db", "grow")
+    assert len(t.trials) == 5 and len(t.parents) == 1

@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.study_helpers import REPO, Tracked, json_out, small_space, study
+from tests.study_helpers import REPO, Tracked, json_out, optuna_groups, overlap, result_lines, small_space, study
 
 
 @pytest.fixture
 def home(tmp_path, data_cache):
     return {"STUDY_HOME": str(tmp_path / "studies"), "STUDY_CACHE_DIR": str(data_cache),
-            "STUDY_DATA_MIRROR": "", "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", "STUDY_STORAGE": ""}
+            "STUDY_DATA_MIRROR": "", "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", "STUDY_STORAGE": "", "STUDY_OPTUNA_STORAGE": ""}
 
 
 def tracking(home) -> str:
@@ -22,8 +22,9 @@ def tracking(home) -> str:
 def test_quickstart_end_to_end(home, tmp_path):
     space = yaml.safe_load((REPO / "search_spaces" / "quickstart.yaml").read_text())
     result = json_out(study("run", REPO / "search_spaces" / "quickstart.yaml", "--json", env=home))
-    trials_expected = space["search"]["trials_per_model"] * len(space["models"])
-    assert result["trials"] == trials_expected
+    groups = len(space["models"]) * len(space["space"]["priors"])
+    trials_expected = space["search"]["trials_per_group"] * groups
+    assert result["trials"] == trials_expected and len(result["groups"]) == groups
 
     t = Tracked(tracking(home), "quickstart")
     assert len(t.parents) == 1 and t.parents[0].info.status == "FINISHED"
@@ -36,19 +37,33 @@ def test_quickstart_end_to_end(home, tmp_path):
         assert {tags["dataset"], tags["model"], tags["prior"]} <= {"static_mnist", "vae", "hvae", "standard", "vampprior"}
         assert run.info.run_name.startswith(f"{tags['model']}-{tags['prior']}-")
         assert ("K" in params) == (tags["prior"] == "vampprior")
-        assert float(params["lr"]) > 0 and params["epochs"] == str(space["fixed"]["epochs"])
+        assert float(params["lr"]) > 0 and params["epochs"] == str(space["fixed"]["epochs"]) and int(params["seed"]) >= 0
         epochs = t.epochs(run)
         assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= 1  # once per epoch, in order
         assert {"val_loss", "val_re", "val_kl", "beta", "epoch_seconds"} <= set(run.data.metrics)
         files = {a.path for a in t.client.list_artifacts(run.info.run_id, "model")}
         assert files == {"model/weights.pt", "model/config.json"}  # every trial's best weights
+    # both models train at the same time (2 CPUs, one trial each)
+    assert any(overlap(a, b) for a in t.trials for b in t.trials
+               if a.data.tags["model"] == "vae" and b.data.tags["model"] == "hvae")
+    # every group got exactly its budget, each in its own Optuna study
+    studies = optuna_groups(f"sqlite:///{home['STUDY_HOME']}/optuna.db", "quickstart")
+    assert {label: len(trials) for label, trials in studies.items()} == {
+        label: space["search"]["trials_per_group"] for label in result["groups"]}
 
-    # one registered champion per (model, prior) group, scored, with the alias
+    # one registered champion per (model, prior) group, a trial that trained to its end, scored, with
+    # its protocol (reduced: S = 500 on 500 test images, 2000 training images)
+    assert len(result["champions"]) == groups
     for group in result["champions"]:
         versions = t.versions(group["name"])
         assert len(versions) == 1
         champion = t.champion(group["name"])
         assert champion.version == versions[0].version
+        tags = champion.tags
+        assert tags["stop_reason"] in ("max_epochs", "early_stopping") and group["stop_reason"] == tags["stop_reason"]
+        assert (tags["protocol"], tags["protocol.samples"], tags["protocol.test_size"],
+                tags["protocol.train_size"]) == ("reduced", "500", "500", "2000")
+        assert int(tags["epochs"]) == group["epochs"] >= int(tags["best_epoch"]) >= 1
         run = t.client.get_run(champion.run_id)
         assert run.data.tags["vamp.champion"] == "true"
         assert run.data.metrics["test_ll"] >= run.data.metrics["test_elbo"]
@@ -67,7 +82,7 @@ def test_quickstart_end_to_end(home, tmp_path):
     # status from another terminal
     status = json_out(study("status", "quickstart", "--json", env=home))
     assert len(status["trials"]) == trials_expected
-    assert all(tr["state"] == "finished" and tr["epoch"] >= 1 for tr in status["trials"])
+    assert all(tr["state"] == "finished" and tr["epoch"] >= 1 and tr["stopped"] for tr in status["trials"])
     assert "quickstart" in json_out(study("status", "--json", env=home))["studies"]
 
     # a second `run` of the same study refuses (resume is the way) and changes nothing
@@ -102,22 +117,27 @@ def test_a_dataset_that_cannot_be_fetched_fails_at_once(home, tmp_path):
 
 def test_dry_run_starts_nothing(home, tmp_path):
     result = json_out(study("run", small_space(tmp_path), "--dry-run", "--json", env=home))
-    assert result["dry_run"] and result["trials"] == 3
+    assert result["dry_run"] and result["trials"] == 4 and result["groups"] == {"vae+standard": 2, "vae+vampprior": 2}
     assert not Path(home["STUDY_HOME"]).exists()
 
 
-def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(home, tmp_path):
-    # lr 1e5 makes the loss NaN in the first epoch; the seeded first point of each prior uses it
+def test_a_diverging_trial_is_a_result_not_retried_and_the_study_goes_on(home, tmp_path):
+    # lr 1e5 makes the loss NaN in the first epoch; with this seed each group draws it once
     space = small_space(tmp_path, name="diverge", space={"lr": [1.0e5, 5.0e-4],
                                                          "priors": {"standard": {}, "vampprior": {"K": [20]}}},
-                        search={"algorithm": "random", "seed": 0, "trials_per_model": 4, "max_concurrent": 2})
+                        search={"algorithm": "random", "seed": 3, "trials_per_group": 3, "retries": 2})
     result = json_out(study("run", space, "--json", env=home))
     t = Tracked(tracking(home), "diverge")
-    failed = [r for r in t.trials if r.info.status == "FAILED"]
-    finished = [r for r in t.trials if r.info.status == "FINISHED"]
-    assert len(t.trials) == 4 and len(failed) >= 2 and finished
-    for run in failed:
-        assert run.data.params["lr"] == "100000.0"
-        assert "loss is nan" in run.data.tags["vamp.failure"]
-    assert all(float(r.data.params["lr"]) < 1 for r in finished)
-    assert result["champions"]  # the study went on and registered what did train
+    assert len(t.trials) == 6 and all(r.info.status == "FINISHED" for r in t.trials)
+    diverged = [r for r in t.trials if r.data.tags["vamp.stop_reason"] == "diverged"]
+    assert diverged and len(diverged) < len(t.trials)
+    for run in diverged:
+        assert run.data.params["lr"] == "100000.0" and "loss is nan" in run.data.tags["vamp.failure"]
+    lines = result_lines(Path(home["STUDY_HOME"]) / "ray", "diverge")
+    for run in diverged:  # ended at once and never retried
+        assert len(lines[run.data.tags["vamp.trial_id"]]) == 1
+    champions = {c["trial"] for c in result["champions"]}
+    assert champions and not champions & {r.data.tags["vamp.trial_id"] for r in diverged}
+    studies = optuna_groups(f"sqlite:///{home['STUDY_HOME']}/optuna.db", "diverge")
+    values = [t.value for trials in studies.values() for t in trials if t.user_attrs["stop_reason"] == "diverged"]
+    assert len(values) == len(diverged) and all(v == math.inf for v in values)

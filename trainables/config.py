@@ -10,6 +10,9 @@ from trainables.errors import InputError
 #: Priors that are mixtures with K components (the only ones for which K means anything).
 MIXTURE_PRIORS = frozenset({"mog", "vampprior", "vampprior_data", "vampprior_weighted"})
 
+#: The fields a study's search chooses per trial; a study holds the others fixed.
+SEARCHED_FIELDS = ("model", "prior", "lr", "K", "seed")
+
 
 @dataclass(frozen=True)
 class TrainConfig:

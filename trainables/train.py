@@ -26,8 +26,13 @@ from trainables.optim import NormalizedAdam
 EVAL_BATCH = 1000  # validation batch; results do not depend on it (no batch statistics in eval)
 
 
+#: Why a run stopped by itself; only the first two make a trial a candidate champion.
+ENDED_BY_ITSELF = ("early_stopping", "max_epochs")
+DIVERGED = "diverged"
+
+
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training or validation loss became NaN or infinite."""
 
 
 @dataclass
@@ -165,6 +170,8 @@ class Trainer:
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss is {train_loss} at epoch {epoch} (lr={c.lr})")
         val_loss, val_re, val_kl = self.validate()
+        if not math.isfinite(val_loss):
+            raise Diverged(f"validation loss is {val_loss} at epoch {epoch} (lr={c.lr})")
         seconds = time.perf_counter() - started
         if p.record(epoch, val_loss, c.warmup):
             self.best_state = _copy_state(self.model)

@@ -1,10 +1,16 @@
 """The Ray Tune side of a trial: the only module of `trainables` that imports Ray.
 
-`train_trial` is a Tune function trainable. It reports once per epoch with a checkpoint (the
-whole training state, so a restored trial continues exactly), and takes the study's constants
-and the dataset through `tune.with_parameters`: they stay out of the trial's config (and so out
-of trial names and tracked params), and the dataset reaches workers on any node through Ray's
-object store, with no shared disk.
+`train_trial` is a Tune function trainable. Its config holds what the search chose for the trial
+(`SEARCHED_FIELDS`: model, prior, lr, K, seed), and optionally `checkpoint`, the URI of a
+checkpoint to continue from (a trial resumed by a later `study resume`). The study's constants
+and the dataset come through `tune.with_parameters`: they stay out of the trial's config (and so
+out of trial names and tracked params), and the dataset reaches workers on any node through
+Ray's object store, with no shared disk.
+
+It reports once per epoch with a checkpoint of the whole training state (so a restored trial
+continues exactly), and says in its last result why it stopped by itself (`stop_reason`):
+`early_stopping` (the paper's patience), `max_epochs`, or `diverged` (the loss became NaN or
+infinite: a result, reported without a checkpoint, not an error to retry).
 
 `evaluate_checkpoint` scores a trial's best weights on the test set and returns the files of the
 saved model and its figures as bytes, so that it can run as a Ray task on any node.
@@ -20,22 +26,17 @@ import torch
 from ray import tune
 
 from trainables.artifacts import save_weights
-from trainables.config import TrainConfig
+from trainables.config import SEARCHED_FIELDS, TrainConfig
 from trainables.experiment import prepare, score
 from trainables.figures import save_figures
-from trainables.train import EpochMetrics, Trainer
+from trainables.train import DIVERGED, ENDED_BY_ITSELF, Diverged, Trainer
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def trial_config(base: dict, sampled: dict) -> TrainConfig:
-    """The TrainConfig of a trial: the study's fixed settings plus what the search chose
-    (`prior`, `lr`, and `K_<prior>` for priors with components)."""
-    prior = sampled["prior"]
-    chosen = {"prior": prior, "lr": float(sampled["lr"])}
-    if f"K_{prior}" in sampled:
-        chosen["K"] = int(sampled[f"K_{prior}"])
-    return TrainConfig.from_dict({**base, **chosen})
+    """The TrainConfig of a trial: the study's fixed settings plus what the search chose."""
+    return TrainConfig.from_dict({**base, **{k: sampled[k] for k in SEARCHED_FIELDS if k in sampled}})
 
 
 def stop_reason(trainer: Trainer) -> str:
@@ -46,11 +47,13 @@ def stop_reason(trainer: Trainer) -> str:
     return "max_epochs" if p.epoch >= trainer.config.epochs else ""
 
 
-def _report(metrics: EpochMetrics | dict, trainer: Trainer, checkpoint: bool = True) -> None:
-    finished = trainer.finished  # also marks an early stop
-    values = {**(asdict(metrics) if isinstance(metrics, EpochMetrics) else metrics),
-              "stop_reason": stop_reason(trainer) if finished else "",
-              "node_id": ray.get_runtime_context().get_node_id()}
+def _last_metrics(trainer: Trainer) -> dict:
+    return dict(trainer.progress.history[-1]) if trainer.progress.history else {"epoch": 0}
+
+
+def _report(values: dict, trainer: Trainer, checkpoint: bool = True) -> None:
+    values = {**values, "node_id": ray.get_runtime_context().get_node_id()}
+    values.setdefault("stop_reason", stop_reason(trainer) if trainer.finished else "")
     if not checkpoint:
         tune.report(values)
         return
@@ -61,42 +64,60 @@ def _report(metrics: EpochMetrics | dict, trainer: Trainer, checkpoint: bool = T
 
 def train_trial(sampled: dict, *, base: dict, splits) -> None:
     """One trial: train with the paper's schedule, report every epoch, stop early by itself
-    (patience) or when ASHA says so. `splits` may be an ObjectRef: one copy serves every model."""
+    (patience), at max epochs, on divergence, or when the study's early stopping says so.
+    `splits` may be an ObjectRef: one copy serves every trial."""
     trial = prepare(trial_config(base, sampled), _resolve(splits))
     trainer = Trainer(trial.model, trial.data, trial.config)
-    checkpoint = tune.get_checkpoint()
+    checkpoint = tune.get_checkpoint()  # Tune's own retry after a fault, in this run of the study
+    if checkpoint is None and sampled.get("checkpoint"):
+        checkpoint = tune.Checkpoint(sampled["checkpoint"])  # a trial resumed by `study resume`
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load(Path(folder) / CHECKPOINT_FILE)
         if trainer.finished:  # it had ended just before the study was interrupted: do not train again
-            _report(trainer.progress.history[-1], trainer, checkpoint=False)
+            _report(_last_metrics(trainer), trainer, checkpoint=False)
             return
-    trainer.fit(lambda metrics, t: _report(metrics, t))
+    try:
+        trainer.fit(lambda metrics, t: _report(asdict(metrics), t))
+    except Diverged as e:
+        _report({**_last_metrics(trainer), "stop_reason": DIVERGED, "diverged": str(e)}, trainer, checkpoint=False)
 
 
 def _resolve(splits):
     return ray.get(splits) if isinstance(splits, ray.ObjectRef) else splits
 
 
-def best_weights(checkpoint: tune.Checkpoint, device="cpu") -> dict:
+def _as_checkpoint(checkpoint: tune.Checkpoint | str) -> tune.Checkpoint:
+    return tune.Checkpoint(checkpoint) if isinstance(checkpoint, str) else checkpoint
+
+
+def checkpoint_uri(checkpoint: tune.Checkpoint) -> str:
+    """Where a checkpoint lies, as a URI that `tune.Checkpoint(uri)` opens on any node."""
+    scheme = checkpoint.filesystem.type_name
+    return checkpoint.path if scheme == "local" else f"{scheme}://{checkpoint.path}"
+
+
+def best_weights(checkpoint: tune.Checkpoint | str, device="cpu") -> dict:
     """The best weights (a state dict) a trial's checkpoint holds."""
-    with checkpoint.as_directory() as folder:
+    with _as_checkpoint(checkpoint).as_directory() as folder:
         state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
     return state["best_model"]
 
 
-def save_trial_model(config: TrainConfig, checkpoint: tune.Checkpoint, folder: Path) -> Path:
+def save_trial_model(config: TrainConfig, checkpoint: tune.Checkpoint | str, folder: Path) -> Path:
     """The trial's best weights and config as a saved model folder (see trainables.artifacts)."""
     return save_weights(best_weights(checkpoint), config, folder)
 
 
-def evaluate_checkpoint(config: TrainConfig, splits, checkpoint: tune.Checkpoint, title: str) -> dict:
+def evaluate_checkpoint(config: TrainConfig, splits, checkpoint: tune.Checkpoint | str, title: str) -> dict:
     """Test figures of a trial's best weights, and its figures as bytes:
     {"metrics": {...}, "files": {"figures/generations.png": b"...", ...}}."""
     trial = prepare(config, _resolve(splits))
     trial.model.load_state_dict(best_weights(checkpoint, trial.device))
     scores = score(trial)
     per_example = scores.pop("per_example_ll")
+    scores["test_size"] = int(trial.data.test.shape[0])
+    scores["train_size"] = int(trial.data.train.shape[0])
     with tempfile.TemporaryDirectory(prefix="vamp-eval-") as tmp:
         folder = Path(tmp)
         save_figures(trial.model, trial.data.test, per_example, trial.spec.shape, folder / "figures",
@@ -105,5 +126,5 @@ def evaluate_checkpoint(config: TrainConfig, splits, checkpoint: tune.Checkpoint
     return {"metrics": scores, "files": files}
 
 
-__all__ = ["CHECKPOINT_FILE", "best_weights", "evaluate_checkpoint", "save_trial_model", "stop_reason",
-           "train_trial", "trial_config"]
+__all__ = ["CHECKPOINT_FILE", "DIVERGED", "ENDED_BY_ITSELF", "best_weights", "checkpoint_uri",
+           "evaluate_checkpoint", "save_trial_model", "stop_reason", "train_trial", "trial_config"]

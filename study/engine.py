@@ -1,0 +1,84 @@
+"""The study's ledger seen from Ray Tune: one searcher and one scheduler for every group at once.
+
+One Tune experiment runs every trial of a study, so all models share the cluster; these three
+adapters make it behave as one search and one early stopping per (model, prior) group:
+
+- `GroupedSearch` (a Tune Searcher) asks the ledger for the next trial: trials an earlier run left
+  unended first, then new trials round-robin over the groups until every budget is issued
+  (then `Searcher.FINISHED`).
+- `GroupedEarlyStopping` (a Tune scheduler) hands each epoch's validation loss to the trial's
+  group in the ledger, whose ASHA decides; a stop is PRUNED for that group's sampler.
+- `LedgerCallback` records each trial's newest checkpoint (for `study resume`) and failures.
+
+They hold no state of their own worth saving: the ledger (an Optuna RDB storage) is the state,
+so Tune's pickles of them (tuner.pkl, searcher checkpoints) are never used to resume.
+"""
+from __future__ import annotations
+
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from study.ledger import Ledger
+from study.search import chosen_settings
+from study.tracking import error_text
+from trainables.tune_trainable import checkpoint_uri
+
+
+class _NotPickled:
+    """Tune pickles its searcher, scheduler and callbacks with its own state; ours live in the ledger."""
+
+    def __getstate__(self) -> dict:
+        return {}
+
+
+class GroupedSearch(_NotPickled, Searcher):
+    def __init__(self, ledger: Ledger):
+        super().__init__(metric="val_loss", mode="min")
+        self.ledger = ledger
+        self.keys: dict[str, str] = {}  # Tune's trial id -> the trial's key in the ledger
+
+    def suggest(self, trial_id: str):
+        ticket = self.ledger.next()
+        if ticket is None:
+            return Searcher.FINISHED
+        self.keys[trial_id] = ticket.key
+        config = {"trial": ticket.key, "number": ticket.number,
+                  **chosen_settings(ticket.group, ticket.params, ticket.seed)}
+        if ticket.checkpoint:
+            config["checkpoint"] = ticket.checkpoint
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        # A failure is recorded by LedgerCallback (it has the error's text); a scheduler stop was
+        # recorded when it was decided. What is left: a trial that stopped by itself.
+        if not error and result and result.get("stop_reason"):
+            self.ledger.ended(self.keys[trial_id], result)
+
+    def save_to_dir(self, *args, **kwargs) -> None:
+        """Nothing to save: the ledger is the searcher's state."""
+
+
+class GroupedEarlyStopping(_NotPickled, FIFOScheduler):
+    def __init__(self, ledger: Ledger):
+        super().__init__()
+        self.ledger = ledger
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if "val_loss" not in result or "epoch" not in result:
+            return TrialScheduler.CONTINUE
+        finished = bool(result.get("stop_reason"))
+        stop = self.ledger.report(trial.config["trial"], int(result["epoch"]), float(result["val_loss"]),
+                                  may_stop=not finished)
+        return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
+
+
+class LedgerCallback(_NotPickled, tune.Callback):
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self.ledger.checkpointed(trial.config["trial"], checkpoint_uri(checkpoint))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.ledger.failed(trial.config["trial"], error_text(trial))

@@ -1,0 +1,187 @@
+"""The Optuna storage as the ledger of a study's trials.
+
+One Optuna study per (model, prior) group (`<study>/<model>+<prior>`) in an RDB storage beside
+the tracking store: SQLite under STUDY_HOME by default, a deployment's PostgreSQL otherwise. It
+holds what the search needs (each trial's parameters, state and value, its validation loss per
+epoch, and the early-stopping rungs) and what the engine needs to continue after a crash (each
+trial's key, seed and latest checkpoint). So `study resume` rebuilds everything from it: no
+pickled searcher or scheduler state, and `optuna-dashboard <storage URL>` shows every group.
+
+Trial states:
+- RUNNING: issued and not ended (still training, interrupted, or failed for an infrastructure
+  reason after its retries, with user attr `failure`): `study resume` runs it again from its
+  latest checkpoint.
+- COMPLETE: ended by itself, value = its best validation loss; or diverged, value = +inf.
+  User attrs `stop_reason`, `epochs`, `best_epoch`.
+- PRUNED: stopped by the group's early stopping (`stop_reason` = `asha`); never a champion.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from study import search
+from study.search import Group
+from study.spec import StudySpec
+from trainables.train import DIVERGED
+
+ASHA = "asha"
+FAILURE_TEXT = 2000  # characters of an error kept in the ledger (Optuna's user attrs are JSON)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass
+class Ticket:
+    """One trial to run: new, or issued before and not ended (resumed from its checkpoint)."""
+
+    group: Group
+    number: int
+    params: dict
+    seed: int
+    checkpoint: str | None = None
+    reported: set[int] = field(default_factory=set)  # epochs whose validation loss Optuna holds
+
+    @property
+    def key(self) -> str:
+        return self.group.trial_key(self.number)
+
+
+def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
+    """The RDB storage at `url`; with create=False, no file, table or schema is created."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.exists():
+            raise FileNotFoundError(path)
+        kwargs = {"connect_args": {"timeout": 60}}
+    else:
+        kwargs = {"pool_pre_ping": True}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=not create)
+
+
+def existing_groups(url: str, study: str) -> list[str]:
+    """The Optuna studies of `study` in the storage at `url` (creates nothing)."""
+    try:
+        storage = open_storage(url, create=False)
+        names = [s.study_name for s in storage.get_all_studies()]
+    except Exception:  # noqa: BLE001 - no file, no tables: no studies
+        return []
+    return sorted(n for n in names if n.startswith(f"{study}/"))
+
+
+class Ledger:
+    """Every group's Optuna study, the trials being run, and the decisions about them."""
+
+    def __init__(self, url: str, spec: StudySpec):
+        self.spec = spec
+        self.storage = open_storage(url)
+        self.groups = search.groups(spec)
+        self.studies: dict[Group, optuna.Study] = {}
+        self.resumable: list[Ticket] = []
+        for group in self.groups:
+            study = optuna.create_study(storage=self.storage, study_name=group.optuna_name(spec.name),
+                                        sampler=search.sampler(spec, group), pruner=search.pruner(spec),
+                                        direction="minimize", load_if_exists=True)
+            for name, value in {"study": spec.name, "dataset": spec.dataset, "model": group.model,
+                                "prior": group.prior, "budget": group.budget}.items():
+                study.set_user_attr(name, value)
+            self.studies[group] = study
+            self.resumable += [self._ticket(group, t) for t in study.get_trials(deepcopy=False)
+                               if t.state == TrialState.RUNNING]
+        self.running: dict[str, tuple[Ticket, optuna.Trial]] = {}
+        self.failures: dict[str, str] = {}  # trials that failed in this run of the driver -> why
+
+    # ---------------------------------------------------------------- issuing trials
+
+    def _ticket(self, group: Group, trial: FrozenTrial) -> Ticket:
+        attrs = trial.user_attrs
+        return Ticket(group, trial.number, dict(trial.params), attrs["seed"], attrs.get("checkpoint"),
+                      set(trial.intermediate_values))
+
+    def issued(self, group: Group) -> int:
+        return len(self.studies[group].get_trials(deepcopy=False))
+
+    def next(self) -> Ticket | None:
+        """The next trial to run: first those a previous run left unended, then a new trial of the
+        group that has issued the smallest share of its budget (ties: group order). None when
+        every budget is issued."""
+        if self.resumable:
+            ticket = self.resumable.pop(0)
+            self.running[ticket.key] = (ticket, optuna.trial.Trial(self.studies[ticket.group],
+                                                                  self._trial_id(ticket)))
+            return ticket
+        open_groups = [g for g in self.groups if self.issued(g) < g.budget]
+        if not open_groups:
+            return None
+        group = min(open_groups, key=lambda g: self.issued(g) / g.budget)
+        trial = self.studies[group].ask(search.distributions(self.spec, group.prior))
+        ticket = Ticket(group, trial.number, dict(trial.params), search.trial_seed(self.spec, group, trial.number))
+        trial.set_user_attr("trial", ticket.key)
+        trial.set_user_attr("seed", ticket.seed)
+        self.running[ticket.key] = (ticket, trial)
+        return ticket
+
+    def _trial_id(self, ticket: Ticket) -> int:
+        return self.studies[ticket.group].get_trials(deepcopy=False)[ticket.number]._trial_id
+
+    # ---------------------------------------------------------------- what happens to them
+
+    def report(self, key: str, epoch: int, val_loss: float, may_stop: bool = True) -> bool:
+        """Record a trial's validation loss at `epoch`; True if `may_stop` and its group's early
+        stopping says stop (the trial is then PRUNED)."""
+        if key not in self.running or not math.isfinite(val_loss):
+            return False
+        ticket, trial = self.running[key]
+        if epoch not in ticket.reported:
+            trial.report(val_loss, epoch)
+            ticket.reported.add(epoch)
+        if not may_stop or not trial.should_prune():
+            return False
+        trial.set_user_attr("stop_reason", ASHA)
+        trial.set_user_attr("epochs", epoch)
+        self.studies[ticket.group].tell(trial, state=TrialState.PRUNED)
+        del self.running[key]
+        return True
+
+    def checkpointed(self, key: str, uri: str) -> None:
+        if key in self.running:
+            self.running[key][1].set_user_attr("checkpoint", uri)
+
+    def ended(self, key: str, result: dict) -> None:
+        """A trial stopped by itself (patience, max epochs) or diverged."""
+        if key not in self.running:
+            return
+        ticket, trial = self.running.pop(key)
+        reason = result["stop_reason"]
+        for name in ("stop_reason", "epoch", "best_epoch"):
+            if name in result:
+                trial.set_user_attr("epochs" if name == "epoch" else name, result[name])
+        value = math.inf if reason == DIVERGED else float(result["best_val_loss"])
+        self.studies[ticket.group].tell(trial, value)
+
+    def failed(self, key: str, why: str) -> None:
+        """A trial that failed after its retries: it stays RUNNING, for `study resume`."""
+        if key in self.running:
+            ticket, trial = self.running.pop(key)
+            trial.set_user_attr("failure", why[-FAILURE_TEXT:])
+            self.failures[key] = why
+
+    # ---------------------------------------------------------------- reading
+
+    def trials(self, group: Group) -> list[FrozenTrial]:
+        return self.studies[group].get_trials(deepcopy=False)
+
+    def complete(self, group: Group) -> bool:
+        """Every trial of the group's budget has ended (COMPLETE or PRUNED)."""
+        trials = self.trials(group)
+        return len(trials) >= group.budget and all(t.state.is_finished() for t in trials)
+
+    def unended(self) -> list[FrozenTrial]:
+        """Trials issued and not ended, in every group (interrupted or failed)."""
+        return [t for g in self.groups for t in self.trials(g) if t.state == TrialState.RUNNING]

@@ -1,0 +1,122 @@
+"""Tests of study.ledger: the Optuna storage as the record of a study's trials (a real SQLite
+RDB storage in a temporary folder)."""
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from study.ledger import Ledger, existing_groups
+from study.spec import parse_space
+
+
+def _spec(budget: int = 3, name: str = "led", **search):
+    return parse_space({
+        "name": name, "dataset": "static_mnist", "models": ["vae", "hvae"],
+        "space": {"lr": {"loguniform": [1e-4, 1e-3]}, "priors": {"standard": {}, "vampprior": {"K": [20]}}},
+        "fixed": {"epochs": 20},
+        "search": {"trials_per_group": budget, "seed": 0, **search},
+        "early_stopping": {"grace_period": 2, "reduction_factor": 2}})
+
+
+@pytest.fixture
+def url(tmp_path):
+    return f"sqlite:///{tmp_path}/optuna.db"
+
+
+def _issue_all(ledger):
+    tickets = []
+    while (ticket := ledger.next()) is not None:
+        tickets.append(ticket)
+    return tickets
+
+
+def test_every_group_gets_exactly_its_budget_round_robin(url):
+    ledger = Ledger(url, _spec(budget=3))
+    tickets = _issue_all(ledger)
+    labels = [t.group.label for t in tickets]
+    assert labels[:4] == ["vae+standard", "hvae+standard", "vae+vampprior", "hvae+vampprior"]  # all at once
+    assert {label: labels.count(label) for label in labels} == {g.label: 3 for g in ledger.groups}
+    assert all(("K" in t.params) == (t.group.prior == "vampprior") for t in tickets)
+    assert len({t.seed for t in tickets}) == len(tickets)
+    assert [t.key for t in tickets[:2]] == ["vae-standard-000", "hvae-standard-000"]
+
+
+def test_one_optuna_study_per_group_holds_values_and_states(url):
+    ledger = Ledger(url, _spec(budget=1))
+    a, b, c, d = _issue_all(ledger)
+    ledger.ended(a.key, {"stop_reason": "max_epochs", "best_val_loss": 90.5, "epoch": 20, "best_epoch": 18})
+    ledger.ended(b.key, {"stop_reason": "diverged", "epoch": 3})
+    ledger.failed(c.key, "Traceback ...\nOSError: storage went away")
+    storage = optuna.storages.RDBStorage(url)
+    names = sorted(s.study_name for s in storage.get_all_studies())
+    assert names == ["led/hvae+standard", "led/hvae+vampprior", "led/vae+standard", "led/vae+vampprior"]
+    trial = optuna.load_study(study_name="led/vae+standard", storage=storage).trials[0]
+    assert (trial.state, trial.value) == (TrialState.COMPLETE, 90.5)
+    assert trial.user_attrs | {"seed": 0} == {"trial": "vae-standard-000", "seed": 0, "stop_reason": "max_epochs",
+                                              "epochs": 20, "best_epoch": 18}
+    diverged = optuna.load_study(study_name="led/hvae+standard", storage=storage).trials[0]
+    assert (diverged.state, diverged.value, diverged.user_attrs["stop_reason"]) == (TrialState.COMPLETE, math.inf,
+                                                                                     "diverged")
+    failed = optuna.load_study(study_name="led/vae+vampprior", storage=storage).trials[0]
+    assert failed.state == TrialState.RUNNING and "storage went away" in failed.user_attrs["failure"]
+    assert ledger.failures == {c.key: "Traceback ...\nOSError: storage went away"}
+    assert existing_groups(url, "led") == names and existing_groups(url, "other") == []
+
+
+def test_early_stopping_compares_a_trial_only_with_its_own_group(url):
+    """vae+standard's losses are ten times hvae+vampprior's: a study-wide ASHA would stop them all
+    at the first rung; per group, the best of each group goes on."""
+    ledger = Ledger(url, _spec(budget=2))
+    tickets = _issue_all(ledger)
+    loss = {"vae+standard": 1000.0, "hvae+standard": 500.0, "vae+vampprior": 300.0, "hvae+vampprior": 100.0}
+    decisions = {}
+    for t in tickets:  # the first trial of each group reaches epoch 2 first, then the second, a bit worse
+        decisions[t.key] = ledger.report(t.key, 2, loss[t.group.label] + t.number)
+    assert not any(decisions[t.key] for t in tickets if t.number == 0)  # best of its group: goes on
+    assert all(decisions[t.key] for t in tickets if t.number == 1)  # worse than its group's: stopped
+    pruned = [t for g in ledger.groups for t in ledger.trials(g) if t.state == TrialState.PRUNED]
+    assert len(pruned) == 4 and all(t.user_attrs["stop_reason"] == "asha" for t in pruned)
+    assert not ledger.report(tickets[0].key, 3, 1e9)  # no decision on a trial already stopped
+
+
+def test_no_decision_before_the_grace_period_or_on_a_last_result(url):
+    ledger = Ledger(url, _spec(budget=2))
+    first, second = [t for t in _issue_all(ledger) if t.group.label == "vae+standard"]
+    assert not ledger.report(first.key, 1, 10.0) and not ledger.report(second.key, 1, 99.0)  # epoch 1 < grace 2
+    ledger.report(first.key, 2, 10.0)
+    assert not ledger.report(second.key, 2, 99.0, may_stop=False)  # it ended by itself at epoch 2
+
+
+def test_a_reopened_ledger_hands_back_unended_trials_with_their_checkpoints(url):
+    ledger = Ledger(url, _spec(budget=1))
+    a, b, c, d = _issue_all(ledger)
+    ledger.report(a.key, 1, 50.0)
+    ledger.checkpointed(a.key, "s3://bucket/run-1/vae-standard-000/checkpoint_000000")
+    ledger.ended(b.key, {"stop_reason": "early_stopping", "best_val_loss": 80.0})
+    ledger.failed(c.key, "node lost")
+    del ledger  # the driver dies; d was issued and never heard of again
+
+    again = Ledger(url, _spec(budget=1))
+    resumed = _issue_all(again)
+    assert [t.key for t in resumed] == [a.key, c.key, d.key]  # not b: it ended
+    assert resumed[0].checkpoint == "s3://bucket/run-1/vae-standard-000/checkpoint_000000"
+    assert (resumed[0].params, resumed[0].seed, resumed[0].reported) == (a.params, a.seed, {1})
+    again.ended(a.key, {"stop_reason": "max_epochs", "best_val_loss": 45.0})
+    assert again.complete(a.group) and not again.complete(c.group)
+
+
+def test_a_larger_budget_adds_only_the_missing_trials(url):
+    ledger = Ledger(url, _spec(budget=1))
+    for t in _issue_all(ledger):
+        ledger.ended(t.key, {"stop_reason": "max_epochs", "best_val_loss": 1.0})
+    more = _issue_all(Ledger(url, _spec(budget=3)))
+    assert sorted(t.key for t in more if t.group.label == "vae+standard") == ["vae-standard-001", "vae-standard-002"]
+    assert len(more) == 8
+
+
+def test_looking_for_groups_creates_no_storage(tmp_path):
+    assert existing_groups(f"sqlite:///{tmp_path}/none.db", "led") == []
+    assert not (tmp_path / "none.db").exists()

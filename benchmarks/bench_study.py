@@ -6,7 +6,8 @@ For each space it runs `study run` in a fresh STUDY_HOME and reads MLflow afterw
 - start to first epoch: from launching `study run` to the driver receiving the first epoch of
   the first trial (the MLflow timestamp of that epoch's metrics);
 - study overhead: wall time minus the trials' own compute (the sum of their epoch_seconds,
-  spread over `max_concurrent` slots) minus the champions' scoring (reported separately);
+  spread over the slots: `max_concurrent`, or the CPUs over `resources.cpus`) minus the
+  champions' scoring (reported separately);
 - report cost per epoch: for consecutive epochs of a trial, the time between their results at
   the driver minus the epoch's own epoch_seconds (checkpoint written and uploaded, result sent,
   MLflow logged), as a share of that time. Medians over all epochs but each trial's first.
@@ -35,7 +36,7 @@ REALISTIC = {
     "name": "realistic", "dataset": "static_mnist", "models": ["hvae"],
     "space": {"lr": [5.0e-4], "priors": {"vampprior": {"K": [500]}}},
     "fixed": {"epochs": 3, "warmup": 100, "patience": 50},
-    "search": {"algorithm": "tpe", "seed": 0, "trials_per_model": 1, "max_concurrent": 1},
+    "search": {"algorithm": "tpe", "seed": 0, "trials_per_group": 1},
     "early_stopping": {"grace_period": 3, "reduction_factor": 2},
     "resources": {"cpus": 2, "gpus": 0},
     "evaluation": {"samples": 100, "test_limit": 100},
@@ -45,7 +46,8 @@ REALISTIC = {
 def measure(space: Path) -> dict:
     spec = yaml.safe_load(space.read_text())
     with tempfile.TemporaryDirectory(prefix="vamp-bench-") as home:
-        env = {**os.environ, "STUDY_HOME": home, "MLFLOW_TRACKING_URI": "", "STUDY_STORAGE": "", "RAY_ADDRESS": ""}
+        env = {**os.environ, "STUDY_HOME": home, "MLFLOW_TRACKING_URI": "", "STUDY_STORAGE": "", "RAY_ADDRESS": "",
+               "STUDY_OPTUNA_STORAGE": ""}
         started = time.time()
         done = subprocess.run([sys.executable, "-m", "study", "run", str(space), "--json"], env=env,
                               capture_output=True, text=True)
@@ -67,7 +69,7 @@ def measure(space: Path) -> dict:
                 shares.append((gap - seconds[epoch]) / gap)
         trials_end = max(r.info.end_time for r in runs) / 1000
         scoring = started + wall - trials_end
-    slots = spec["search"]["max_concurrent"]
+    slots = spec["search"].get("max_concurrent") or max(1, int(os.cpu_count() // spec["resources"]["cpus"]))
     return {
         "space": spec["name"], "trials": len(runs), "wall_s": wall,
         "start_to_first_epoch_s": min(first_epoch),

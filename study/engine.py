@@ -34,7 +34,9 @@ class _NotPickled:
 
 class GroupedSearch(_NotPickled, Searcher):
     def __init__(self, ledger: Ledger):
-        super().__init__(metric="val_loss", mode="min")
+        # No metric for Tune to check: a trial that diverges in its first epoch reports none, and
+        # the ledger reads the results itself.
+        super().__init__(metric=None, mode=None)
         self.ledger = ledger
         self.keys: dict[str, str] = {}  # Tune's trial id -> the trial's key in the ledger
 

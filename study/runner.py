@@ -93,7 +93,9 @@ AWS_SECRET_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSI
 def keep_aws_keys_out_of_ray() -> None:
     """Move AWS keys from the environment into a private credentials file (mode 600, removed at
     exit) named by AWS_SHARED_CREDENTIALS_FILE, which boto3 and pyarrow read and Ray does not copy.
-    Nodes of a remote cluster use their own credentials, as they must anyway."""
+    Nodes of a remote cluster use their own credentials, as they must anyway.
+    Call it before anything opens S3: pyarrow's S3 filesystems keep the credential source they
+    were made with."""
     keys = {name: os.environ.pop(name) for name in AWS_SECRET_VARIABLES if name in os.environ}
     if not keys:
         return
@@ -109,8 +111,7 @@ def keep_aws_keys_out_of_ray() -> None:
 
 def start_ray(targets: Targets, spec: StudySpec) -> None:
     """Join the cluster at `targets.address`, or start a local Ray instance; refuse GPU requests
-    that no node can meet (and leave the cluster again)."""
-    keep_aws_keys_out_of_ray()
+    that no node can meet (and leave the cluster again). Call keep_aws_keys_out_of_ray() first."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Every checkpoint forces Tune to snapshot its experiment state (num_to_keep is set): expected
     # here, not a bottleneck worth a warning per epoch. MLflow's download bars are noise too.
@@ -127,10 +128,12 @@ def start_ray(targets: Targets, spec: StudySpec) -> None:
         raise
 
 
-def tuner_for(study: StudyRun, callbacks: list) -> tune.Tuner:
+def tuner_for(study: StudyRun, callbacks: list, trainable=train_trial) -> tune.Tuner:
+    """The run's Tune experiment; `trainable(config, *, base, splits)` is the trial (a stand-in in
+    benchmarks/bench_scheduler.py)."""
     spec = study.spec
     base = fixed_settings(spec)
-    trainable = tune.with_resources(tune.with_parameters(train_trial, base=base, splits=study.splits_ref),
+    trainable = tune.with_resources(tune.with_parameters(trainable, base=base, splits=study.splits_ref),
                                     lambda config: spec.resources.of(config["model"]))
     if spec.search.max_concurrent is None and "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ:
         # Tune keeps one trial pending for a custom searcher: the cluster would fill one trial per

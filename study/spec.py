@@ -35,7 +35,6 @@ import difflib
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -371,7 +370,7 @@ def _check_priors(value: Any, problems: _Problems) -> dict[str, Any] | None:
         if isinstance(options, Mapping) and "K" in options and options["K"] is None:
             options = {k: v for k, v in options.items() if k != "K"}  # K: null = the default / none
         if not isinstance(options, Mapping):
-            problems.add(path, f"must be a mapping of options ({{}} for none"
+            problems.add(path, "must be a mapping of options ({} for none"
                          + (", or {K: [500]}" if name in MIXTURE_PRIORS else "") + f"), got {_show(options)}")
             continue
         clean: dict[str, Any] = {}

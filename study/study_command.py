@@ -74,10 +74,11 @@ def run_study(space: Path, *, tracking_uri: str | None, optuna_storage: str | No
     import ray
 
     from study import search
-    from study.runner import check_gpus, local_gpus, start_ray
+    from study.runner import check_gpus, keep_aws_keys_out_of_ray, local_gpus, start_ray
     from trainables.data import load_dataset
 
     started = time.perf_counter()
+    keep_aws_keys_out_of_ray()
     spec = load_space(space)
     targets = settings.resolve(spec, tracking_uri=tracking_uri, optuna_storage=optuna_storage, storage=storage,
                                address=address)
@@ -128,18 +129,17 @@ def _run(spec: StudySpec, targets, folder: StudyFolder, manifest: Manifest | Non
                       f"storage {escape(folder.uri)}")
         try:
             run_trials(study, console)
-        except KeyboardInterrupt:
-            state = "interrupted"
-            raise StudyInterrupted(_resume_hint(spec, "was interrupted")) from None
-        if ledger.failures:
-            champions = register_champions(study, lambda msg: console.print(escape(msg)))
-            tracker.end_run(parent_id, "FAILED")
-            raise StudyFailed(_failures(spec, ledger))
-        if ledger.unended():
+            cut = bool(ledger.unended()) and not ledger.failures
+        except KeyboardInterrupt:  # before Tune took over Ctrl-C, or while it waited for tracking
+            cut = True
+        if cut:  # the parent run stays open: `study resume` continues it
             state = "stopped" if study.stop_requested else "interrupted"
             raise StudyInterrupted(_resume_hint(spec, "was stopped by `study stop`" if study.stop_requested
                                                 else "was interrupted"))
         champions = register_champions(study, lambda msg: console.print(escape(msg)))
+        if ledger.failures:
+            tracker.end_run(parent_id, "FAILED")
+            raise StudyFailed(_failures(spec, ledger))
         tracker.end_run(parent_id, "FINISHED")
         state = "finished"
     except KeyboardInterrupt:

@@ -77,8 +77,11 @@ class StudyTracker:
         """The child run of a trial (created if new) and the last epoch it has logged (0 for a new run)."""
         run = self.run_of_trial(key)
         if run is not None:
-            if run.info.status != "RUNNING":
+            if run.info.status != "RUNNING":  # continued by `study resume` (after a failure, perhaps)
                 self.client.update_run(run.info.run_id, status="RUNNING")
+                for tag in (STOP_REASON, FAILURE):
+                    if tag in run.data.tags:
+                        self.client.delete_tag(run.info.run_id, tag)
             return run.info.run_id, int(run.data.metrics.get("epoch", 0))
         tags = {MLFLOW_PARENT_RUN_ID: parent_id, MLFLOW_RUN_NAME: name, ROLE: "trial", STUDY: self.study,
                 STUDY_ID: self.study_id, TRIAL_ID: key, "dataset": config.dataset, "model": config.model,

@@ -305,7 +305,8 @@ def test_secret_and_configmaps_hold_what_the_pods_read():
     secret = docs["Secret/vamp-study-credentials"]
     assert secret["type"] == "Opaque"
     assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                         "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "RAY_AUTH_TOKEN"}
+                                         "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "RAY_AUTH_TOKEN",
+                                         "STUDY_OPTUNA_STORAGE"}
     assert all(value == "CHANGE_ME" for value in secret["stringData"].values())
     env = docs["ConfigMap/vamp-study-env"]["data"]
     assert {"MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "STUDY_STORAGE"} <= set(env)

@@ -120,3 +120,41 @@ def test_a_larger_budget_adds_only_the_missing_trials(url):
 def test_looking_for_groups_creates_no_storage(tmp_path):
     assert existing_groups(f"sqlite:///{tmp_path}/none.db", "led") == []
     assert not (tmp_path / "none.db").exists()
+
+
+def test_optuna_dashboard_shows_every_group(url, tmp_path):
+    """The command the README gives: optuna-dashboard on the study's storage, over HTTP."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    ledger = Ledger(url, _spec(budget=1, name="dash"))
+    for t in _issue_all(ledger):
+        ledger.report(t.key, 1, 10.0)
+        ledger.ended(t.key, {"stop_reason": "max_epochs", "best_val_loss": 10.0})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    server = subprocess.Popen([str(dashboard), url, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    studies = json.load(response)["study_summaries"]
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, server.stderr.read()[-2000:]
+                time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert sorted(s["study_name"] for s in studies) == [
+        "dash/hvae+standard", "dash/hvae+vampprior", "dash/vae+standard", "dash/vae+vampprior"]
+    assert all(s["user_attrs"] and s["directions"] == ["minimize"] for s in studies)

@@ -143,21 +143,23 @@ def _trial_workers() -> list[psutil.Process]:
     return found
 
 
-def test_a_worker_killed_mid_trial_continues_from_its_checkpoint(cluster, data_cache, tmp_path):
+def _kill_the_worker_mid_trial(cluster, data_cache, tmp_path, name: str, retries: int):
+    """Run a one-trial study of 8 epochs, SIGKILL its worker after epoch 3; returns the study's
+    exit code, its env, its space file and its log."""
     env = {"STUDY_HOME": str(tmp_path / "studies"), "STUDY_CACHE_DIR": str(data_cache), "STUDY_DATA_MIRROR": "",
            "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", "STUDY_STORAGE": "", "STUDY_OPTUNA_STORAGE": ""}
-    epochs = 8
-    space = small_space(tmp_path, name="killed", space={"lr": [5.0e-4], "priors": {"standard": {}}},
-                        fixed={"epochs": epochs, "warmup": 2, "patience": 0, "hidden": 64, "train_limit": 1000},
-                        search={"seed": 0, "trials_per_group": 1, "retries": 2})
+    space = small_space(tmp_path, name=name, space={"lr": [5.0e-4], "priors": {"standard": {}}},
+                        fixed={"epochs": 8, "warmup": 2, "patience": 0, "hidden": 64, "train_limit": 1000},
+                        search={"seed": 0, "trials_per_group": 1, "retries": retries})
     tracking_uri = f"sqlite:///{tmp_path}/studies/mlflow.db"
-    process = study_process("run", space, "--address", cluster.address, "--json", env=env, log=tmp_path / "run.log")
+    log = tmp_path / f"{name}.log"
+    process = study_process("run", space, "--address", cluster.address, env=env, log=log)
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
-            assert process.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            assert process.poll() is None, log.read_text()[-3000:]
             try:
-                tracked = Tracked(tracking_uri, "killed")
+                tracked = Tracked(tracking_uri, name)
                 if tracked.trials and len(tracked.epochs(tracked.trials[0])) >= 3:
                     break
             except Exception:  # noqa: BLE001 - the store or the run may not exist yet
@@ -166,16 +168,42 @@ def test_a_worker_killed_mid_trial_continues_from_its_checkpoint(cluster, data_c
         workers = _trial_workers()
         assert len(workers) == 1, workers
         workers[0].send_signal(signal.SIGKILL)
-        assert process.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        code = process.wait(timeout=600)
     finally:
         if process.poll() is None:
             process.kill()
-    t = Tracked(tracking_uri, "killed")
+    return code, env, space, log.read_text()
+
+
+def test_a_worker_killed_mid_trial_continues_from_its_checkpoint(cluster, data_cache, tmp_path):
+    code, env, _, log = _kill_the_worker_mid_trial(cluster, data_cache, tmp_path, "killed", retries=2)
+    assert code == 0, log[-3000:]
+    t = Tracked(f"sqlite:///{tmp_path}/studies/mlflow.db", "killed")
     (run,) = t.trials
     assert run.info.status == "FINISHED" and run.data.tags["vamp.stop_reason"] == "max_epochs"
-    assert t.epochs(run) == list(range(1, epochs + 1))  # every epoch once in one run
+    assert t.epochs(run) == list(range(1, 9))  # every epoch once, in one run
     (results,) = result_lines(Path(env["STUDY_HOME"]) / "ray", "killed").values()
     restarts = [r for r in results[1:] if r["iterations_since_restore"] == 1]
     assert len(restarts) == 1, results  # Tune restarted the trial once...
     assert restarts[0]["epoch"] >= 3  # ...from its checkpoint, not from epoch 1
-    assert results[-1]["epoch"] == epochs and results[-1]["stop_reason"] == "max_epochs"
+    assert results[-1]["epoch"] == 8 and results[-1]["stop_reason"] == "max_epochs"
+
+
+def test_a_trial_that_fails_after_its_retries_is_named_and_resumed(cluster, data_cache, tmp_path):
+    code, env, space, log = _kill_the_worker_mid_trial(cluster, data_cache, tmp_path, "failing", retries=0)
+    assert code == 1, log[-3000:]
+    assert "1 trial(s) failed after 0 retries" in log and "vae-standard-000: " in log and "study resume" in log
+    t = Tracked(f"sqlite:///{tmp_path}/studies/mlflow.db", "failing")
+    (run,) = t.trials
+    assert run.info.status == "FAILED" and run.data.tags["vamp.stop_reason"] == "failed"
+    assert t.parents[0].info.status == "FAILED"
+
+    result = json_out(study("resume", space, "--address", cluster.address, "--json", env=env))
+    t = Tracked(f"sqlite:///{tmp_path}/studies/mlflow.db", "failing")
+    (run,) = t.trials  # the same run, continued
+    assert run.info.status == "FINISHED" and run.data.tags["vamp.stop_reason"] == "max_epochs"
+    assert t.epochs(run) == list(range(1, 9)) and t.parents[0].info.status == "FINISHED"
+    assert "vamp.failure" not in run.data.tags
+    assert [c["trial"] for c in result["champions"]] == ["vae-standard-000"]
+    runs = result_lines(Path(env["STUDY_HOME"]) / "ray", "failing")["vae-standard-000"]
+    assert runs[0]["epoch"] == 1 and min(r["epoch"] for r in runs[1:]) > 1  # resumed from its checkpoint

@@ -122,13 +122,16 @@ def test_dry_run_starts_nothing(home, tmp_path):
 
 
 def test_a_diverging_trial_is_a_result_not_retried_and_the_study_goes_on(home, tmp_path):
+    """Also: search.max_concurrent caps the trials that run at once."""
     # lr 1e5 makes the loss NaN in the first epoch; with this seed each group draws it once
     space = small_space(tmp_path, name="diverge", space={"lr": [1.0e5, 5.0e-4],
                                                          "priors": {"standard": {}, "vampprior": {"K": [20]}}},
-                        search={"algorithm": "random", "seed": 3, "trials_per_group": 3, "retries": 2})
+                        search={"algorithm": "random", "seed": 3, "trials_per_group": 3, "retries": 2,
+                                "max_concurrent": 1})
     result = json_out(study("run", space, "--json", env=home))
     t = Tracked(tracking(home), "diverge")
     assert len(t.trials) == 6 and all(r.info.status == "FINISHED" for r in t.trials)
+    assert not any(overlap(a, b) for a in t.trials for b in t.trials if a is not b)  # max_concurrent: 1
     diverged = [r for r in t.trials if r.data.tags["vamp.stop_reason"] == "diverged"]
     assert diverged and len(diverged) < len(t.trials)
     for run in diverged:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 

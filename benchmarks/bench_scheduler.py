@@ -5,7 +5,7 @@
 
 No cluster of GPUs is at hand, so this runs the study engine itself (real Ray Tune, the real
 GroupedSearch / GroupedEarlyStopping / LedgerCallback over a real Optuna storage, the real MLflow
-tracking callback on SQLite) on a local Ray instance started with `num_gpus=N` and enough CPUs
+tracking callback on SQLite, without the model uploads at a trial's end) on a local Ray instance started with `num_gpus=N` and enough CPUs
 that GPUs are the only constraint, with a stand-in trainable: each epoch it sleeps the epoch time
 of its (model, prior) on a GPU (EPOCH_SECONDS, times --time-scale), reports a validation loss
 from a seeded learning curve, writes a small checkpoint, and stops by itself after `patience`
@@ -30,15 +30,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import random
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
+
+from report import machine, now, replace_block  # noqa: E402 - beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -145,6 +145,19 @@ def patience_for(epochs: int) -> int:
     return max(2, round(epochs * 50 / 2000 * 10))  # the paper's 50 of 2000, ten times as long here
 
 
+def _no_model_uploads():
+    from study.tracking import TrackingCallback
+
+    class NoModelUploads(TrackingCallback):
+        """The tracking callback without the upload of a trial's best weights at its end (the
+        stand-in trials have none; bench_tracking.py measures that upload)."""
+
+        def _complete(self, key, sampled, result, checkpoint):
+            super()._complete(key, sampled, result, None)
+
+    return NoModelUploads
+
+
 def run_engine(space: dict, n_gpus: int, scale: float, folder: Path) -> dict:
     import ray
 
@@ -153,8 +166,10 @@ def run_engine(space: dict, n_gpus: int, scale: float, folder: Path) -> dict:
     from study.runner import StudyRun, tuner_for
     from study.settings import Targets
     from study.spec import parse_space
-    from study.tracking import StudyTracker, TrackingCallback
     from study.search import fixed_settings
+    from study.tracking import StudyTracker
+
+    NoModelUploads = _no_model_uploads()
 
     spec = parse_space(space, "omniglot.yaml (scaled)")
     ray.init(address="local", num_cpus=64, num_gpus=n_gpus, include_dashboard=False, log_to_driver=False)
@@ -168,7 +183,7 @@ def run_engine(space: dict, n_gpus: int, scale: float, folder: Path) -> dict:
         targets = Targets("", "", str(folder / "ray"), None, folder)
         study = StudyRun(spec, targets, study_folder, study_folder.begin_run(manifest), ledger, tracker, parent, None)
         occupancy = Occupancy(lambda config: spec.resources.of(config["model"])["gpu"])
-        tracking = TrackingCallback(tracker, parent, fixed_settings(spec))
+        tracking = NoModelUploads(tracker, parent, fixed_settings(spec))
         trainable = _bind(sim_trial, scale=scale, patience=spec.fixed.patience)
         tuner_for(study, [tracking, occupancy.callback], trainable=trainable).fit()
         tracking.flush()
@@ -176,6 +191,19 @@ def run_engine(space: dict, n_gpus: int, scale: float, folder: Path) -> dict:
     finally:
         ray.shutdown()
         os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
+
+
+class LegacySpace:
+    """The old engine's define-by-run space (study/spec.py at e7936d7): the prior, lr, and K."""
+
+    def __init__(self, priors: dict, low: float, high: float):
+        self.priors, self.low, self.high = priors, low, high
+
+    def __call__(self, trial) -> None:
+        prior = trial.suggest_categorical("prior", list(self.priors))
+        trial.suggest_float("lr", self.low, self.high, log=True)
+        if self.priors[prior].get("K"):
+            trial.suggest_categorical(f"K_{prior}", self.priors[prior]["K"])
 
 
 def run_legacy(space: dict, n_gpus: int, scale: float, folder: Path) -> dict:
@@ -192,12 +220,6 @@ def run_legacy(space: dict, n_gpus: int, scale: float, folder: Path) -> dict:
     gpus = space["resources"]["gpus"]
     epochs = space["fixed"]["epochs"]
     per_model = len(priors) * space["search"]["trials_per_group"]
-
-    def suggest(trial):
-        prior = trial.suggest_categorical("prior", list(priors))
-        trial.suggest_float("lr", lr_low, lr_high, log=True)
-        if priors[prior].get("K"):
-            trial.suggest_categorical(f"K_{prior}", priors[prior]["K"])
 
     def legacy_trial(config, *, model, scale, patience):
         import zlib
@@ -216,7 +238,7 @@ def run_legacy(space: dict, n_gpus: int, scale: float, folder: Path) -> dict:
                 tune.with_parameters(legacy_trial, model=model, scale=scale, patience=space["fixed"]["patience"]),
                 {"cpu": 1, "gpu": gpus[model]})
             tune.Tuner(trainable, tune_config=tune.TuneConfig(
-                search_alg=OptunaSearch(space=suggest, metric="best_val_loss", mode="min",
+                search_alg=OptunaSearch(space=LegacySpace(priors, lr_low, lr_high), metric="best_val_loss", mode="min",
                                         sampler=optuna.samplers.TPESampler(seed=0)),
                 scheduler=ASHAScheduler(time_attr="epoch", metric="val_loss", mode="min", max_t=epochs,
                                         grace_period=space["early_stopping"]["grace_period"],
@@ -267,10 +289,7 @@ def main() -> None:
                 row = {"gpus": n, "engine": engine, **run(space, n, args.time_scale, Path(tmp))}
             rows.append(row)
             print(table([row]).splitlines()[-1], flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = (f"Simulated Omniglot study ({stamp}; {cpu}, {os.cpu_count()} cores; benchmark took "
+    text = (f"Simulated Omniglot study ({now()}; {machine()}; benchmark took "
             f"{time.time() - started:.0f} s): search_spaces/omniglot.yaml with {args.epochs} epochs (patience "
             f"{space['fixed']['patience']}, grace period {space['early_stopping']['grace_period']}), "
             f"{len(space['models'])} models x {len(space['space']['priors'])} priors x "
@@ -279,11 +298,7 @@ def main() -> None:
             f"--epochs {args.epochs} --time-scale {args.time_scale}`\n\n{table(rows)}\n")
     print(text)
     if args.out:
-        doc = args.out.read_text()
-        begin, end = "<!-- bench_scheduler:begin -->", "<!-- bench_scheduler:end -->"
-        head, _, rest = doc.partition(begin)
-        _, _, tail = rest.partition(end)
-        args.out.write_text(f"{head}{begin}\n\n{text}\n{end}{tail}" if rest else f"{doc}\n{begin}\n\n{text}\n{end}\n")
+        replace_block(args.out, "bench_scheduler", text)
 
 
 if __name__ == "__main__":

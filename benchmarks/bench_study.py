@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import yaml
 from mlflow import MlflowClient
+from report import machine  # beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,9 +104,7 @@ def main() -> None:
             realistic.write_text(yaml.safe_dump(REALISTIC))
             spaces = [REPO / "search_spaces" / "quickstart.yaml", realistic]
         rows = [measure(space) for space in spaces]
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    text = (f"\n### Study overheads ({date.today()}, {cpu}, {os.cpu_count()} cores, embedded default)\n\n"
+    text = (f"\n### Study overheads ({date.today()}, {machine()}, embedded default)\n\n"
             f"Command: `.venv/bin/python benchmarks/bench_study.py`\n\n{table(rows)}\n")
     print(text)
     if args.out:

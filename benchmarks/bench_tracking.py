@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
+
+from report import machine, now, replace_block  # noqa: E402 - beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -102,12 +102,9 @@ def main() -> None:
             server.stop()
 
     def ms(name: str) -> str:
-        return f"{1000 * statistics.median(times[name]):.1f}"
+        return f"{1000 * statistics.median(times[name]):.2f}"
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = (f"Tracking callback against a real MLflow server ({stamp}; {cpu}, {os.cpu_count()} cores; "
+    text = (f"Tracking callback against a real MLflow server ({now()}; {machine()}; "
             f"{args.repeats} repeats each, interleaved, medians; hvae + VampPrior checkpoint {size:.0f} MB; "
             f"took {time.time() - started:.0f} s).\n\n"
             f"Command: `.venv/bin/python benchmarks/bench_tracking.py --repeats {args.repeats}`\n\n"
@@ -119,11 +116,7 @@ def main() -> None:
             f"{ms('end synchronous')} |\n")
     print(text)
     if args.out:
-        doc = args.out.read_text()
-        begin, end = "<!-- bench_tracking:begin -->", "<!-- bench_tracking:end -->"
-        head, _, rest = doc.partition(begin)
-        _, _, tail = rest.partition(end)
-        args.out.write_text(f"{head}{begin}\n\n{text}\n{end}{tail}" if rest else f"{doc}\n{begin}\n\n{text}\n{end}\n")
+        replace_block(args.out, "bench_tracking", text)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ def resume(
     optuna_storage: Optional[str] = _WHERE["optuna_storage"],
     storage: Optional[str] = _WHERE["storage"],
     address: Optional[str] = _WHERE["address"],
+    force: bool = typer.Option(False, help="resume although the study's record says a driver on another "
+                               "machine runs it (that driver is gone)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> None:
     """Continue a study where it stopped: ended trials are not run again, unended ones continue from
@@ -79,7 +81,7 @@ def resume(
     from study.study_command import run_study
 
     result = run_study(space, tracking_uri=tracking_uri, optuna_storage=optuna_storage, storage=storage,
-                       address=address, dry_run=False, resume=True, console=err)
+                       address=address, dry_run=False, resume=True, console=err, force=force)
     _emit(result, as_json, lambda r: None)
 
 

@@ -5,7 +5,9 @@ adapters make it behave as one search and one early stopping per (model, prior) 
 
 - `GroupedSearch` (a Tune Searcher) asks the ledger for the next trial: trials an earlier run left
   unended first, then new trials round-robin over the groups until every budget is issued
-  (then `Searcher.FINISHED`).
+  (then `Searcher.FINISHED`). It hands Tune a new trial only while fewer trials wait to start
+  than the cluster has free slots, so a trial's parameters are chosen when it can start, with
+  every result that has come in.
 - `GroupedEarlyStopping` (a Tune scheduler) hands each epoch's validation loss to the trial's
   group in the ledger, whose ASHA decides; a stop is PRUNED for that group's sampler.
 - `LedgerCallback` records each trial's newest checkpoint (for `study resume`) and failures.
@@ -33,14 +35,18 @@ class _NotPickled:
 
 
 class GroupedSearch(_NotPickled, Searcher):
-    def __init__(self, ledger: Ledger):
+    def __init__(self, ledger: Ledger, slots: int):
         # No metric for Tune to check: a trial that diverges in its first epoch reports none, and
         # the ledger reads the results itself.
         super().__init__(metric=None, mode=None)
         self.ledger = ledger
+        self.slots = slots  # how many trials the cluster runs at once
         self.keys: dict[str, str] = {}  # Tune's trial id -> the trial's key in the ledger
 
     def suggest(self, trial_id: str):
+        waiting = len(self.ledger.waiting)
+        if waiting and waiting >= self.slots - (len(self.ledger.running) - waiting):
+            return None  # every free slot has a trial waiting for it: ask again later
         ticket = self.ledger.next()
         if ticket is None:
             return Searcher.FINISHED
@@ -78,6 +84,9 @@ class GroupedEarlyStopping(_NotPickled, FIFOScheduler):
 class LedgerCallback(_NotPickled, tune.Callback):
     def __init__(self, ledger: Ledger):
         self.ledger = ledger
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.ledger.started(trial.config["trial"])
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         self.ledger.checkpointed(trial.config["trial"], checkpoint_uri(checkpoint))

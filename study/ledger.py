@@ -4,8 +4,8 @@ One Optuna study per (model, prior) group (`<study>/<model>+<prior>`) in an RDB 
 the tracking store: SQLite under STUDY_HOME by default, a deployment's PostgreSQL otherwise. It
 holds what the search needs (each trial's parameters, state and value, its validation loss per
 epoch, and the early-stopping rungs) and what the engine needs to continue after a crash (each
-trial's key, seed and latest checkpoint). So `study resume` rebuilds everything from it: no
-pickled searcher or scheduler state, and `optuna-dashboard <storage URL>` shows every group.
+trial's key and latest checkpoint). So `study resume` rebuilds everything from it: no pickled
+searcher or scheduler state, and `optuna-dashboard <storage URL>` shows every group.
 
 Trial states:
 - RUNNING: issued and not ended (still training, interrupted, or failed for an infrastructure
@@ -14,6 +14,9 @@ Trial states:
 - COMPLETE: ended by itself, value = its best validation loss; or diverged, value = +inf.
   User attrs `stop_reason`, `epochs`, `best_epoch`.
 - PRUNED: stopped by the group's early stopping (`stop_reason` = `asha`); never a champion.
+- FAIL: a trial the driver died creating (before its parameters were stored); not counted.
+
+A trial's key (`<model>-<prior>-<number>`) and seed follow from its group and number alone.
 """
 from __future__ import annotations
 
@@ -86,45 +89,76 @@ class Ledger:
         self.resumable: list[Ticket] = []
         for group in self.groups:
             study = optuna.create_study(storage=self.storage, study_name=group.optuna_name(spec.name),
-                                        sampler=search.sampler(spec, group), pruner=search.pruner(spec),
+                                        sampler=search.sampler(spec, group, 0), pruner=search.pruner(spec),
                                         direction="minimize", load_if_exists=True)
             for name, value in {"study": spec.name, "dataset": spec.dataset, "model": group.model,
                                 "prior": group.prior, "budget": group.budget}.items():
                 study.set_user_attr(name, value)
             self.studies[group] = study
-            self.resumable += [self._ticket(group, t) for t in study.get_trials(deepcopy=False)
-                               if t.state == TrialState.RUNNING]
-        self.running: dict[str, tuple[Ticket, optuna.Trial]] = {}
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if set(trial.params) == set(search.distributions(spec, group.prior)):
+                    self.resumable.append(self._ticket(group, trial))
+                else:  # the driver died inside ask(): nothing ran
+                    study.tell(trial.number, state=TrialState.FAIL)
+        self.running: dict[str, tuple[Ticket, optuna.Trial]] = {}  # issued in this run, not ended
+        self.waiting: set[str] = set()  # issued in this run, not started yet
+        self.closed: set[str] = set()  # ended in this run (a late result of one is stopped)
         self.failures: dict[str, str] = {}  # trials that failed in this run of the driver -> why
 
     # ---------------------------------------------------------------- issuing trials
 
     def _ticket(self, group: Group, trial: FrozenTrial) -> Ticket:
-        attrs = trial.user_attrs
-        return Ticket(group, trial.number, dict(trial.params), attrs["seed"], attrs.get("checkpoint"),
-                      set(trial.intermediate_values))
+        return Ticket(group, trial.number, dict(trial.params), search.trial_seed(self.spec, group, trial.number),
+                      trial.user_attrs.get("checkpoint"), set(trial.intermediate_values))
+
+    def _trials(self, group: Group) -> list[FrozenTrial]:
+        return [t for t in self.studies[group].get_trials(deepcopy=False) if t.state != TrialState.FAIL]
 
     def issued(self, group: Group) -> int:
-        return len(self.studies[group].get_trials(deepcopy=False))
+        return len(self._trials(group))
+
+    def all_issued(self) -> bool:
+        return not self.resumable and all(self.issued(g) >= g.budget for g in self.groups)
 
     def next(self) -> Ticket | None:
-        """The next trial to run: first those a previous run left unended, then a new trial of the
-        group that has issued the smallest share of its budget (ties: group order). None when
-        every budget is issued."""
+        """The next trial to run: first those a previous run left unended, then a new trial of a
+        group with budget left (see `_next_group`). None when every budget is issued."""
         if self.resumable:
             ticket = self.resumable.pop(0)
-            self.running[ticket.key] = (ticket, optuna.trial.Trial(self.studies[ticket.group],
-                                                                  self._trial_id(ticket)))
-            return ticket
+            trial = optuna.trial.Trial(self.studies[ticket.group], self._trial_id(ticket))
+            if trial.user_attrs.get("failure"):
+                trial.set_user_attr("failure", "")  # it gets another chance
+            return self._issue(ticket, trial)
+        group = self._next_group()
+        if group is None:
+            return None
+        study = self.studies[group]
+        number = len(study.get_trials(deepcopy=False))
+        study.sampler = search.sampler(self.spec, group, number)
+        trial = study.ask(search.distributions(self.spec, group.prior))
+        ticket = Ticket(group, trial.number, dict(trial.params), search.trial_seed(self.spec, group, trial.number))
+        trial.set_user_attr("trial", ticket.key)
+        trial.set_user_attr("seed", ticket.seed)  # for the dashboard: it follows from the number
+        return self._issue(ticket, trial)
+
+    def _next_group(self) -> Group | None:
+        """Round-robin over the groups with budget left (the smallest issued share first), preferring
+        groups whose sampler is ready: a TPE group past its start-up waits until its start-up
+        trials have ended (then TPE models them), as long as another group has a trial to run. No
+        slot is left idle: with only waiting groups left, one of them goes anyway."""
         open_groups = [g for g in self.groups if self.issued(g) < g.budget]
         if not open_groups:
             return None
-        group = min(open_groups, key=lambda g: self.issued(g) / g.budget)
-        trial = self.studies[group].ask(search.distributions(self.spec, group.prior))
-        ticket = Ticket(group, trial.number, dict(trial.params), search.trial_seed(self.spec, group, trial.number))
-        trial.set_user_attr("trial", ticket.key)
-        trial.set_user_attr("seed", ticket.seed)
+        def ready(g: Group) -> bool:
+            after = search.guided_after(self.spec, g)
+            ended = sum(t.state.is_finished() for t in self._trials(g))
+            return self.issued(g) < after or ended >= after
+        candidates = [g for g in open_groups if ready(g)] or open_groups
+        return min(candidates, key=lambda g: self.issued(g) / g.budget)
+
+    def _issue(self, ticket: Ticket, trial: optuna.Trial) -> Ticket:
         self.running[ticket.key] = (ticket, trial)
+        self.waiting.add(ticket.key)
         return ticket
 
     def _trial_id(self, ticket: Ticket) -> int:
@@ -132,9 +166,15 @@ class Ledger:
 
     # ---------------------------------------------------------------- what happens to them
 
+    def started(self, key: str) -> None:
+        self.waiting.discard(key)
+
     def report(self, key: str, epoch: int, val_loss: float, may_stop: bool = True) -> bool:
         """Record a trial's validation loss at `epoch`; True if `may_stop` and its group's early
-        stopping says stop (the trial is then PRUNED)."""
+        stopping says stop (the trial is then PRUNED), or if the trial has ended already (a trial
+        Tune restarted after its stop was decided)."""
+        if key in self.closed:
+            return may_stop
         if key not in self.running or not math.isfinite(val_loss):
             return False
         ticket, trial = self.running[key]
@@ -145,8 +185,8 @@ class Ledger:
             return False
         trial.set_user_attr("stop_reason", ASHA)
         trial.set_user_attr("epochs", epoch)
+        self._close(key)
         self.studies[ticket.group].tell(trial, state=TrialState.PRUNED)
-        del self.running[key]
         return True
 
     def checkpointed(self, key: str, uri: str) -> None:
@@ -157,25 +197,33 @@ class Ledger:
         """A trial stopped by itself (patience, max epochs) or diverged."""
         if key not in self.running:
             return
-        ticket, trial = self.running.pop(key)
+        ticket, trial = self.running[key]
         reason = result["stop_reason"]
         for name in ("stop_reason", "epoch", "best_epoch"):
             if name in result:
                 trial.set_user_attr("epochs" if name == "epoch" else name, result[name])
-        value = math.inf if reason == DIVERGED else float(result["best_val_loss"])
-        self.studies[ticket.group].tell(trial, value)
+        self._close(key)
+        self.studies[ticket.group].tell(trial, math.inf if reason == DIVERGED else float(result["best_val_loss"]))
 
     def failed(self, key: str, why: str) -> None:
         """A trial that failed after its retries: it stays RUNNING, for `study resume`."""
         if key in self.running:
             ticket, trial = self.running.pop(key)
+            self.waiting.discard(key)
             trial.set_user_attr("failure", why[-FAILURE_TEXT:])
             self.failures[key] = why
+
+    def _close(self, key: str) -> None:
+        """Forget a trial before Optuna is told: nothing may write to it once it is finished."""
+        self.running.pop(key)
+        self.waiting.discard(key)
+        self.closed.add(key)
 
     # ---------------------------------------------------------------- reading
 
     def trials(self, group: Group) -> list[FrozenTrial]:
-        return self.studies[group].get_trials(deepcopy=False)
+        """The group's trials (those the driver died creating left out)."""
+        return self._trials(group)
 
     def complete(self, group: Group) -> bool:
         """Every trial of the group's budget has ended (COMPLETE or PRUNED)."""

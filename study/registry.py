@@ -112,9 +112,10 @@ def champions(ledger) -> list[Champion]:
             continue
         best = min(candidates, key=lambda t: (t.value, t.number))
         attrs = best.user_attrs
-        config = search.trial_config(ledger.spec, group, best.params, attrs["seed"])
-        found.append(Champion(group, best.number, attrs["trial"], config, best.value, int(attrs.get("epochs", 0)),
-                              int(attrs.get("best_epoch", 0)), attrs["stop_reason"], attrs["checkpoint"]))
+        config = search.trial_config(ledger.spec, group, best.params, search.trial_seed(ledger.spec, group, best.number))
+        found.append(Champion(group, best.number, group.trial_key(best.number), config, best.value,
+                              int(attrs.get("epochs", 0)), int(attrs.get("best_epoch", 0)), attrs["stop_reason"],
+                              attrs["checkpoint"]))
     return found
 
 
@@ -122,7 +123,13 @@ def register_champions(study, log) -> list[dict]:
     """Score and register every complete group's champion; one summary row per champion."""
     client, tracker = study.tracker.client, study.tracker
     found = champions(study.ledger)
-    todo = [c for c in found if not _versions_of(client, tracker, c)]
+    todo = []
+    for champion in found:
+        versions = _versions_of(client, tracker, champion)
+        if not versions:
+            todo.append(champion)
+        else:  # registered by a run that was cut before it placed the alias: place it now
+            _place_alias(client, champion.registered_name, versions[0])
     pending = {}
     for c in todo:
         resources = study.spec.resources.of(c.group.model)
@@ -179,9 +186,16 @@ def _register(client: MlflowClient, tracker, champion: Champion, evaluation: dic
             "best_epoch": str(champion.best_epoch), "stop_reason": champion.stop_reason, **protocol.tags(),
             **{k: f"{v:.6f}" for k, v in values.items()}}
     source = f"{client.get_run(run_id).info.artifact_uri}/model"
-    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    _place_alias(client, name, client.create_model_version(name, source=source, run_id=run_id, tags=tags))
+
+
+def _place_alias(client: MlflowClient, name: str, version) -> None:
+    """Give `version` the alias if it takes it from the version that holds it (`takes_alias`)."""
     holder = _champion_version(client, name)
-    if takes_alias(protocol, values["test_ll"], None if holder is None else Protocol.from_tags(holder.tags),
+    if holder is not None and holder.version == version.version:
+        return
+    if takes_alias(Protocol.from_tags(version.tags) or Protocol(0, 0, 0, False), float(version.tags["test_ll"]),
+                   None if holder is None else Protocol.from_tags(holder.tags),
                    None if holder is None else _float(holder.tags.get("test_ll")), held=holder is not None):
         client.set_registered_model_alias(name, ALIAS, version.version)
 
@@ -191,10 +205,14 @@ def _float(text: str | None) -> float | None:
 
 
 def _champion_version(client: MlflowClient, name: str):
+    """The version that holds the alias, or None; any other failure of the registry is raised
+    (a server that does not answer must not read as 'nobody holds it')."""
     try:
         return client.get_model_version_by_alias(name, ALIAS)
-    except MlflowException:
-        return None
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 def _summary(client: MlflowClient, tracker, champion: Champion) -> dict:

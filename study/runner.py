@@ -109,6 +109,12 @@ def keep_aws_keys_out_of_ray() -> None:
     atexit.register(lambda: Path(path).unlink(missing_ok=True))
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (a pod or service being stopped) ends the study as Ctrl-C does: its trials stop,
+    resumable, and the driver records it (rather than dying as on SIGKILL)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+
+
 def start_ray(targets: Targets, spec: StudySpec) -> None:
     """Join the cluster at `targets.address`, or start a local Ray instance; refuse GPU requests
     that no node can meet (and leave the cluster again). Call keep_aws_keys_out_of_ray() first."""
@@ -135,16 +141,21 @@ def tuner_for(study: StudyRun, callbacks: list, trainable=train_trial) -> tune.T
     base = fixed_settings(spec)
     trainable = tune.with_resources(tune.with_parameters(trainable, base=base, splits=study.splits_ref),
                                     lambda config: spec.resources.of(config["model"]))
-    if spec.search.max_concurrent is None and "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ:
+    slots = min(spec.search.max_concurrent or math.inf, trial_slots(spec))
+    if spec.search.max_concurrent is None:
         # Tune keeps one trial pending for a custom searcher: the cluster would fill one trial per
-        # control-loop step. Let it start as many as fit at once (new trials still come one by
-        # one as slots free, so each group's sampler sees every result that has come in).
-        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(trial_slots(spec))
+        # control-loop step. Let it start as many as fit at once (GroupedSearch still hands out a
+        # trial only for a free slot).
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(slots)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=GroupedSearch(study.ledger), scheduler=GroupedEarlyStopping(study.ledger), num_samples=-1,
+            search_alg=GroupedSearch(study.ledger, slots), scheduler=GroupedEarlyStopping(study.ledger),
+            num_samples=-1,
             max_concurrent_trials=spec.search.max_concurrent,
+            # A trial's worker (torch imported, CUDA initialised) runs the next trial asking for the
+            # same resources: each trial seeds everything it uses (trainables.experiment.prepare).
+            reuse_actors=True,
             trial_name_creator=lambda t: run_name(trial_config(base, t.config), t.config["number"]),
             trial_dirname_creator=lambda t: t.config["trial"]),
         run_config=tune.RunConfig(
@@ -187,8 +198,15 @@ def run_trials(study: StudyRun, console: Console) -> None:
     """Run every trial the ledger still has to run, tracked in MLflow; wait for the tracking."""
     tracking = TrackingCallback(study.tracker, study.parent_id, fixed_settings(study.spec))
     live = LiveTable(console, f"study {study.spec.name}")
-    with _stop_on_request(study):
-        tuner_for(study, [tracking, live]).fit()
+    try:
+        with _stop_on_request(study):
+            tuner_for(study, [tracking, live]).fit()
+    except BaseException:  # what was tracked still gets written; the first error is the one told
+        try:
+            tracking.flush()
+        except Exception as e:  # noqa: BLE001
+            console.print(f"tracking: {e}")
+        raise
     if tracking.backlog():
         console.print(f"writing {tracking.backlog()} tracking calls to {study.targets.public()['tracking_uri']}")
     tracking.flush()

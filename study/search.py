@@ -36,9 +36,6 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from study.spec import IntLogUniform, LogUniform, StudySpec
 from trainables.config import MIXTURE_PRIORS, SEARCHED_FIELDS, TrainConfig
 
-# QMCSampler and TPE's multivariate mode are marked experimental; their behaviour is what we test.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
 
 @dataclass(frozen=True)
 class Group:
@@ -110,8 +107,21 @@ SAMPLERS = {
 }
 
 
-def sampler(spec: StudySpec, group: Group) -> optuna.samplers.BaseSampler:
-    return SAMPLERS[spec.search.algorithm](group.budget, group_seed(spec, group))
+def sampler(spec: StudySpec, group: Group, number: int) -> optuna.samplers.BaseSampler:
+    """The sampler that chooses the group's trial `number`. Seeded from (study seed, group, number):
+    a resumed study draws what an uninterrupted one would have, not its first draws again. QMC
+    keeps its place in the sequence in the storage, so its seed is the group's alone."""
+    seed = (group_seed(spec, group) if spec.search.algorithm == "qmc"
+            else stable_seed("sampler", spec.search.seed, group.model, group.prior, number))
+    with warnings.catch_warnings():  # QMC and multivariate TPE are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return SAMPLERS[spec.search.algorithm](group.budget, seed)
+
+
+def guided_after(spec: StudySpec, group: Group) -> int:
+    """How many of a group's trials must have ended before its sampler models their results (TPE's
+    start-up); 0 for samplers that model nothing."""
+    return startup_trials(group.budget) if spec.search.algorithm == "tpe" else 0
 
 
 def pruner(spec: StudySpec) -> optuna.pruners.BasePruner:

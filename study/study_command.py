@@ -26,8 +26,10 @@ from trainables.errors import InputError
 STOP_WAIT_SECONDS = 300
 
 
-def _check_study(spec: StudySpec, folder: StudyFolder, targets: settings.Targets, resume: bool) -> Manifest | None:
-    """`run` must not overwrite a study; `resume` needs one, started with this file's settings."""
+def _check_study(spec: StudySpec, folder: StudyFolder, targets: settings.Targets, resume: bool,
+                 force: bool = False) -> Manifest | None:
+    """`run` must not overwrite a study; `resume` needs one, started with this file's settings,
+    whose trials are where it left them, and that no driver runs now."""
     from study.ledger import existing_groups
 
     where = targets.public()
@@ -47,38 +49,45 @@ def _check_study(spec: StudySpec, folder: StudyFolder, targets: settings.Targets
     problems = resume_problems(folder.started_spec(manifest), spec)
     if problems:
         raise InputError("\n".join(f"{spec.source}: {p}" for p in problems))
-    if manifest.optuna_storage != where["optuna_storage"]:
+    if manifest.optuna_storage != where["optuna_storage"] or (manifest.runs and not existing_groups(
+            targets.optuna_storage, spec.name)):
         raise InputError(f"--optuna-storage: study {spec.name!r} keeps its trials in {manifest.optuna_storage}, "
-                         f"not in {where['optuna_storage']}: give that storage (STUDY_OPTUNA_STORAGE)")
-    if _driver_alive(manifest.last_run):
-        raise InputError(f"study {spec.name!r} is running (pid {manifest.last_run.pid}); stop it first with "
+                         f"and {where['optuna_storage']} holds none of them: give that storage "
+                         "(STUDY_OPTUNA_STORAGE)")
+    last = manifest.last_run
+    alive = _driver_alive(last)
+    if alive or (alive is None and not force):
+        where_it_runs = "" if alive else (f" on {last.host}, as far as this machine can tell; if that driver is "
+                                          "gone, resume with --force")
+        raise InputError(f"study {spec.name!r} is running (pid {last.pid}{where_it_runs}); stop it first with "
                          f"`study stop {spec.name}`")
     return manifest
 
 
 def _driver_alive(run) -> bool | None:
     """Whether the driver of a run that says it is running still is: True or False when it ran on
-    this machine, None when it ran elsewhere (unknown)."""
+    this machine, None when it ran on another (unknown)."""
     if run is None or run.state != "running":
         return False
     if run.host != socket.gethostname():
         return None
     try:
-        return any("study" in part for part in psutil.Process(run.pid).cmdline())
+        return psutil.Process(run.pid).create_time() <= run.started + 1  # not a later process with its pid
     except psutil.Error:
         return False
 
 
 def run_study(space: Path, *, tracking_uri: str | None, optuna_storage: str | None, storage: str | None,
-              address: str | None, dry_run: bool, resume: bool, console: Console) -> dict:
+              address: str | None, dry_run: bool, resume: bool, console: Console, force: bool = False) -> dict:
     import ray
 
     from study import search
-    from study.runner import check_gpus, keep_aws_keys_out_of_ray, local_gpus, start_ray
+    from study.runner import check_gpus, keep_aws_keys_out_of_ray, local_gpus, start_ray, stop_on_sigterm
     from trainables.data import load_dataset
 
     started = time.perf_counter()
     keep_aws_keys_out_of_ray()
+    stop_on_sigterm()
     spec = load_space(space)
     targets = settings.resolve(spec, tracking_uri=tracking_uri, optuna_storage=optuna_storage, storage=storage,
                                address=address)
@@ -86,7 +95,7 @@ def run_study(space: Path, *, tracking_uri: str | None, optuna_storage: str | No
     if not targets.address:
         check_gpus(spec, local_gpus())
     folder = StudyFolder(targets.storage, spec.name)
-    manifest = _check_study(spec, folder, targets, resume)
+    manifest = _check_study(spec, folder, targets, resume, force)
     groups = search.groups(spec)
     plan = {"study": spec.name, "dataset": spec.dataset, "models": spec.models, "priors": spec.priors(),
             "groups": {g.label: g.budget for g in groups}, "trials": sum(g.budget for g in groups),
@@ -108,7 +117,7 @@ def _run(spec: StudySpec, targets, folder: StudyFolder, manifest: Manifest | Non
     from study.ledger import Ledger
     from study.registry import register_champions
     from study.runner import StudyRun, run_trials
-    from study.tracking import StudyTracker
+    from study.tracking import StudyTracker, mirror_ended_trials
 
     if manifest is None:
         manifest = Manifest(name=spec.name, study_id=uuid.uuid4().hex, created=time.time(),
@@ -122,6 +131,8 @@ def _run(spec: StudySpec, targets, folder: StudyFolder, manifest: Manifest | Non
         parent_id = tracker.parent_run({"dataset": spec.dataset, "models": ",".join(spec.models),
                                         "priors": ",".join(spec.priors()), **targets.public()})
         study = StudyRun(spec, targets, folder, run, ledger, tracker, parent_id, ray.put(splits))
+        if mirror_ended_trials(tracker, parent_id, ledger):  # a crash had kept MLflow from hearing of them
+            console.print("brought the MLflow runs of trials that had ended up to date")
         todo = len(ledger.resumable) + sum(max(0, g.budget - ledger.issued(g)) for g in ledger.groups)
         console.print(f"study [bold]{escape(spec.name)}[/bold] (run {run.number}): {todo} trials to run in "
                       f"{len(ledger.groups)} groups of {', '.join(spec.models)} x {', '.join(spec.priors())} on "
@@ -129,7 +140,8 @@ def _run(spec: StudySpec, targets, folder: StudyFolder, manifest: Manifest | Non
                       f"storage {escape(folder.uri)}")
         try:
             run_trials(study, console)
-            cut = bool(ledger.unended()) and not ledger.failures
+            # Ctrl-C and `study stop` end Tune's loop quietly: trials left without an end tell
+            cut = study.stop_requested or bool(ledger.running) or not ledger.all_issued()
         except KeyboardInterrupt:  # before Tune took over Ctrl-C, or while it waited for tracking
             cut = True
         if cut:  # the parent run stays open: `study resume` continues it
@@ -146,7 +158,10 @@ def _run(spec: StudySpec, targets, folder: StudyFolder, manifest: Manifest | Non
         state = "interrupted"
         raise
     finally:
-        folder.end_run(manifest, state)
+        try:
+            folder.end_run(manifest, state)
+        except Exception as e:  # noqa: BLE001 - the storage may be what failed: keep the first error
+            console.print(f"could not record the end of run {run.number} in {folder.uri}: {escape(str(e))}")
     _print_champions(console, champions)
     return champions
 

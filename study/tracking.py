@@ -12,6 +12,7 @@ scheduling of trials. `flush()` waits until everything is written and raises if 
 """
 from __future__ import annotations
 
+import json
 import tempfile
 import threading
 import time
@@ -23,9 +24,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
 
-from study.search import run_name
+from study import search
 from trainables.config import TrainConfig
-from trainables.tune_trainable import save_trial_model, trial_config
+from trainables.tune_trainable import checkpoint_history, save_trial_model, trial_config
 
 ROLE, STUDY, STUDY_ID, TRIAL_ID = "vamp.role", "vamp.study", "vamp.study_id", "vamp.trial_id"
 STOP_REASON, FAILURE, NODE_ID = "vamp.stop_reason", "vamp.failure", "ray.node_id"
@@ -145,13 +146,18 @@ class TrackingCallback(tune.Callback):
         with self.lock:
             return sum(not f.done() for f in self.pending)
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Wait until every queued call is written; raise TrackingError if any failed."""
+    def flush(self) -> None:
+        """Wait until every queued call is written; raise TrackingError if any failed. Interrupted
+        (a second Ctrl-C), drop what is left rather than hold the process until it is written."""
         with self.lock:
             pending = list(self.pending)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for future in pending:
-            future.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        try:
+            for future in pending:
+                future.result()
+        except KeyboardInterrupt:
+            dropped = sum(f.cancel() for f in pending)
+            self.writer.shutdown(wait=False, cancel_futures=True)
+            raise KeyboardInterrupt(f"{dropped} tracking calls not written") from None
         if self.errors:
             raise TrackingError("; ".join(self.errors[:5]))
 
@@ -159,7 +165,7 @@ class TrackingCallback(tune.Callback):
         if key not in self.runs:
             config = trial_config(self.base, sampled)
             self.runs[key] = self.tracker.trial_run(self.parent_id, key, config,
-                                                    run_name(config, int(sampled["number"])))
+                                                    search.run_name(config, int(sampled["number"])))
         return self.runs[key][0]
 
     def _start(self, key: str, sampled: dict) -> None:
@@ -167,9 +173,12 @@ class TrackingCallback(tune.Callback):
 
     def _result(self, key: str, sampled: dict, result: dict) -> None:
         run_id = self._run(key, sampled)
-        if int(result.get("epoch", 0)) > self.runs[key][1]:  # a restored trial repeats epochs already logged
-            self.tracker.log_epoch(run_id, result)
-            self.runs[key] = (run_id, int(result["epoch"]))
+        # A trial continued from a checkpoint sends the epochs before it once (`restored_history`):
+        # those a crash kept from being logged are logged now. Epochs already logged are not.
+        for epoch in [*json.loads(result.get("restored_history", "[]")), result]:
+            if int(epoch.get("epoch", 0)) > self.runs[key][1]:
+                self.tracker.log_epoch(run_id, epoch)
+                self.runs[key] = (run_id, int(epoch["epoch"]))
         node = result.get("node_id")
         if node and node != self.nodes.get(key):
             self.nodes[key] = node
@@ -203,6 +212,37 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._submit(self._error, trial.config["trial"], dict(trial.config), error_text(trial)[-4000:])
+
+
+def mirror_ended_trials(tracker: StudyTracker, parent_id: str, ledger) -> int:
+    """Make MLflow agree with the ledger about trials that have ended, after a crash lost tracking
+    calls: each gets its run (created if missing), the epochs its checkpoint holds that the run
+    lacks, its best weights, and its end with its stop reason. Returns how many runs it touched."""
+    from optuna.trial import TrialState
+
+    runs = {r.data.tags.get(TRIAL_ID): r for r in tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.`{STUDY_ID}` = '{tracker.study_id}' and tags.`{ROLE}` = 'trial'",
+        max_results=10000)}
+    touched = 0
+    for group in ledger.groups:
+        for trial in ledger.trials(group):
+            key = group.trial_key(trial.number)
+            run = runs.get(key)
+            if trial.state == TrialState.RUNNING or (run is not None and run.info.status != "RUNNING"):
+                continue
+            config = search.trial_config(ledger.spec, group, trial.params, search.trial_seed(ledger.spec, group,
+                                                                                             trial.number))
+            run_id, logged = tracker.trial_run(parent_id, key, config, search.run_name(config, trial.number))
+            checkpoint = trial.user_attrs.get("checkpoint")
+            if checkpoint:
+                for epoch in checkpoint_history(checkpoint):
+                    if epoch["epoch"] > logged:
+                        tracker.log_epoch(run_id, epoch)
+                if not tracker.client.list_artifacts(run_id, "model"):
+                    tracker.log_model(run_id, config, checkpoint)
+            tracker.end_run(run_id, "FINISHED", **{STOP_REASON: trial.user_attrs.get("stop_reason", "")})
+            touched += 1
+    return touched
 
 
 def error_text(trial) -> str:

@@ -79,8 +79,9 @@ def test_tpe_start_up_is_a_third_of_the_budget(budget, startup):
 def test_tpe_engages_after_its_start_up_within_a_small_budget():
     spec = _spec(search={"trials_per_group": 6, "seed": 0})
     group = search.groups(spec)[0]
-    study = optuna.create_study(sampler=search.sampler(spec, group), direction="minimize")
-    for _ in range(group.budget):
+    study = optuna.create_study(direction="minimize")
+    for number in range(group.budget):
+        study.sampler = search.sampler(spec, group, number)  # as the ledger asks
         trial = study.ask(search.distributions(spec, group.prior))
         study.tell(trial, abs(trial.params["lr"] - 2e-4))
     modelled = [t.number for t in study.trials if any(k.startswith("tpe:") for k in t.system_attrs)]
@@ -91,10 +92,20 @@ def test_tpe_engages_after_its_start_up_within_a_small_budget():
 def test_samplers_are_seeded_per_group(algorithm):
     spec = _spec(search={"trials_per_group": 4, "seed": 0, "algorithm": algorithm})
     def draws(group):
-        study = optuna.create_study(sampler=search.sampler(spec, group))
-        return [study.ask(search.distributions(spec, group.prior)).params["lr"] for _ in range(3)]
+        study = optuna.create_study()
+        lrs = []
+        for number in range(3):
+            study.sampler = search.sampler(spec, group, number)
+            lrs.append(study.ask(search.distributions(spec, group.prior)).params["lr"])
+        return lrs
     a, b = search.groups(spec)[:2]
-    assert draws(a) == draws(a) and draws(a) != draws(b)
+    assert draws(a) == draws(a) and draws(a) != draws(b) and len(set(draws(a))) == 3
+
+
+@pytest.mark.parametrize("algorithm, guided", [("tpe", 2), ("qmc", 0), ("random", 0)])
+def test_only_tpe_waits_for_its_start_up(algorithm, guided):
+    spec = _spec(search={"trials_per_group": 6, "seed": 0, "algorithm": algorithm})
+    assert search.guided_after(spec, search.groups(spec)[0]) == guided
 
 
 @pytest.mark.parametrize("lr, text", [(5e-4, "5e-4"), (0.000273, "2.7e-4"), (1e-3, "1e-3"), (0.01, "1e-2")])

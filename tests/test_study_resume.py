@@ -27,7 +27,7 @@ def wait_for_progress(tracking_uri: str, name: str, process, timeout: float = 30
         assert process.poll() is None, "the study ended before it could be interrupted"
         try:
             t = Tracked(tracking_uri, name)
-            if any(len(t.epochs(r)) >= 3 for r in t.trials):
+            if any(len(t.epochs(r)) >= 2 for r in t.trials):
                 return
         except Exception:  # noqa: BLE001 - the database or experiment may not exist yet
             pass
@@ -66,7 +66,7 @@ def reap_ray_orphans():
 def test_interrupted_study_resumes_without_repeats_or_duplicates(how, base_env, tmp_path, reap_ray_orphans):
     name = f"resume-{how}"
     space = small_space(tmp_path, name=name,
-                        fixed={"epochs": 8, "warmup": 2, "patience": 0, "hidden": 64, "train_limit": 1000},
+                        fixed={"epochs": 12, "warmup": 2, "patience": 0, "hidden": 64, "train_limit": 1000},
                         search={"algorithm": "tpe", "seed": 1, "trials_per_group": TRIALS // 2},
                         early_stopping={"grace_period": 4, "reduction_factor": 2})
     tracking_uri = f"sqlite:///{base_env['STUDY_HOME']}/mlflow.db"
@@ -108,10 +108,10 @@ def test_interrupted_study_resumes_without_repeats_or_duplicates(how, base_env, 
     for trial, results in lines.items():
         epochs = [r["epoch"] for r in results]  # a resumed trial continues from its newest checkpoint
         assert all(later >= earlier for earlier, later in zip(epochs, epochs[1:])), (trial, epochs)
-        ended = [i for i, r in enumerate(results) if r.get("stop_reason")]
+        ended = [i for i, r in enumerate(results) if r.get("stop_reason")]  # none: stopped by ASHA
         # a trial that ended just as the driver was cut is not trained again: resumed, its checkpoint
         # says it ended, and it reports that once more, for the same epoch
-        assert len(ended) <= 2 and ended[-1] == len(results) - 1, f"trial {trial} went on after it ended"
+        assert len(ended) <= 2 and all(i >= len(results) - 2 for i in ended), f"trial {trial} went on after it ended"
         if len(ended) == 2:
             assert ended == [len(results) - 2, len(results) - 1] and epochs[-1] == epochs[-2]
             assert results[-1]["iterations_since_restore"] == 1

@@ -17,6 +17,7 @@ saved model and its figures as bytes, so that it can run as a Ray task on any no
 """
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -71,16 +72,26 @@ def train_trial(sampled: dict, *, base: dict, splits) -> None:
     checkpoint = tune.get_checkpoint()  # Tune's own retry after a fault, in this run of the study
     if checkpoint is None and sampled.get("checkpoint"):
         checkpoint = tune.Checkpoint(sampled["checkpoint"])  # a trial resumed by `study resume`
+    restored: dict = {}
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.load(Path(folder) / CHECKPOINT_FILE)
+        # the epochs before the checkpoint, once (as JSON: Tune's loggers leave a string alone), so
+        # that the driver logs those it has not logged yet
+        restored = {"restored_history": json.dumps(trainer.progress.history)}
         if trainer.finished:  # it had ended just before the study was interrupted: do not train again
-            _report(_last_metrics(trainer), trainer, checkpoint=False)
+            _report({**_last_metrics(trainer), **restored}, trainer, checkpoint=False)
             return
+
+    def on_epoch(metrics, t: Trainer) -> None:
+        _report({**asdict(metrics), **restored}, t)
+        restored.clear()
+
     try:
-        trainer.fit(lambda metrics, t: _report(asdict(metrics), t))
+        trainer.fit(on_epoch)
     except Diverged as e:
-        _report({**_last_metrics(trainer), "stop_reason": DIVERGED, "diverged": str(e)}, trainer, checkpoint=False)
+        _report({**_last_metrics(trainer), **restored, "stop_reason": DIVERGED, "diverged": str(e)}, trainer,
+                checkpoint=False)
 
 
 def _resolve(splits):
@@ -102,6 +113,13 @@ def best_weights(checkpoint: tune.Checkpoint | str, device="cpu") -> dict:
     with _as_checkpoint(checkpoint).as_directory() as folder:
         state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
     return state["best_model"]
+
+
+def checkpoint_history(checkpoint: tune.Checkpoint | str) -> list[dict]:
+    """The per-epoch metrics a trial's checkpoint holds (every epoch up to it)."""
+    with _as_checkpoint(checkpoint).as_directory() as folder:
+        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    return list(state["progress"]["history"])
 
 
 def save_trial_model(config: TrainConfig, checkpoint: tune.Checkpoint | str, folder: Path) -> Path:
@@ -126,5 +144,5 @@ def evaluate_checkpoint(config: TrainConfig, splits, checkpoint: tune.Checkpoint
     return {"metrics": scores, "files": files}
 
 
-__all__ = ["CHECKPOINT_FILE", "DIVERGED", "ENDED_BY_ITSELF", "best_weights", "checkpoint_uri",
+__all__ = ["CHECKPOINT_FILE", "DIVERGED", "ENDED_BY_ITSELF", "best_weights", "checkpoint_history", "checkpoint_uri",
            "evaluate_checkpoint", "save_trial_model", "stop_reason", "train_trial", "trial_config"]

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-from report import machine, now, replace_block  # noqa: E402 - beside this script
+from report import machine, markdown_table, now, replace_block  # noqa: E402 - beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -259,13 +259,11 @@ def _bind(fn, **fixed):
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| GPUs | engine | trials | makespan (s) | busy while trials wait | busy overall | last trial started (s) "
-             "| longest trial (s) |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['gpus']} | {r['engine']} | {r['trials']} | {r['makespan']:.0f} | "
-                     f"{100 * r['busy_waiting']:.0f}% | {100 * r['busy_overall']:.0f}% | {r['last_start']:.0f} | "
-                     f"{r['longest']:.0f} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["GPUs", "engine", "trials", "makespan (s)", "busy while trials wait", "busy overall",
+         "last trial started (s)", "longest trial (s)"],
+        [[r["gpus"], r["engine"], r["trials"], f"{r['makespan']:.0f}", f"{100 * r['busy_waiting']:.0f}%",
+          f"{100 * r['busy_overall']:.0f}%", f"{r['last_start']:.0f}", f"{r['longest']:.0f}"] for r in rows])
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 from mlflow import MlflowClient
-from report import machine  # beside this script
+from report import machine, markdown_table  # beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,14 +82,12 @@ def measure(space: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| space | trials | wall (s) | start → first epoch (s) | trial compute (s) / slots | "
-             "study overhead (s) | champion scoring (s) | report per epoch (s) | report share of epoch |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['space']} | {r['trials']} | {r['wall_s']:.1f} | {r['start_to_first_epoch_s']:.1f} | "
-                     f"{r['trial_compute_s']:.1f} / {r['slots']} | {r['overhead_s']:.1f} | "
-                     f"{r['champion_scoring_s']:.1f} | {r['report_s_median']:.3f} | {100 * r['report_share_median']:.1f}% |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["space", "trials", "wall (s)", "start → first epoch (s)", "trial compute (s) / slots", "study overhead (s)",
+         "champion scoring (s)", "report per epoch (s)", "report share of epoch"],
+        [[r["space"], r["trials"], f"{r['wall_s']:.1f}", f"{r['start_to_first_epoch_s']:.1f}",
+          f"{r['trial_compute_s']:.1f} / {r['slots']}", f"{r['overhead_s']:.1f}", f"{r['champion_scoring_s']:.1f}",
+          f"{r['report_s_median']:.3f}", f"{100 * r['report_share_median']:.1f}%"] for r in rows])
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from report import machine, now, replace_block  # noqa: E402 - beside this script
+from report import machine, markdown_table, now, replace_block  # noqa: E402 - beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -108,12 +108,12 @@ def main() -> None:
             f"{args.repeats} repeats each, interleaved, medians; hvae + VampPrior checkpoint {size:.0f} MB; "
             f"took {time.time() - started:.0f} s).\n\n"
             f"Command: `.venv/bin/python benchmarks/bench_tracking.py --repeats {args.repeats}`\n\n"
-            "| hook | control loop held, queued (ms) | until written (ms) | control loop held, synchronous (ms) |\n"
-            "|---|---|---|---|\n"
-            f"| trial result (one epoch's metrics) | {ms('epoch hook')} | {ms('epoch written')} | "
-            f"{ms('epoch synchronous')} |\n"
-            f"| trial end (best weights uploaded as the run's model) | {ms('end hook')} | {ms('end written')} | "
-            f"{ms('end synchronous')} |\n")
+            + markdown_table(["hook", "control loop held, queued (ms)", "until written (ms)",
+                              "control loop held, synchronous (ms)"],
+                             [[label, ms(f"{what} hook"), ms(f"{what} written"), ms(f"{what} synchronous")]
+                              for what, label in (("epoch", "trial result (one epoch's metrics)"),
+                                                  ("end", "trial end (best weights uploaded as the run's model)"))])
+            + "\n")
     print(text)
     if args.out:
         replace_block(args.out, "bench_tracking", text)

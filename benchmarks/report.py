@@ -18,6 +18,12 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table: one header row, then one row per list of cells."""
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)
+
+
 def replace_block(path: Path, name: str, text: str) -> None:
     """Put `text` between the markers `<!-- name:begin -->` and `<!-- name:end -->` of a markdown
     file (appended with its markers when the file has none), leaving the rest alone."""

@@ -86,7 +86,7 @@ class Ledger:
         self.storage = open_storage(url)
         self.groups = search.groups(spec)
         self.studies: dict[Group, optuna.Study] = {}
-        self.resumable: list[Ticket] = []
+        self.resumable: list[tuple[Ticket, int]] = []  # with each trial's id in the storage
         for group in self.groups:
             study = optuna.create_study(storage=self.storage, study_name=group.optuna_name(spec.name),
                                         sampler=search.sampler(spec, group, 0), pruner=search.pruner(spec),
@@ -97,7 +97,7 @@ class Ledger:
             self.studies[group] = study
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if set(trial.params) == set(search.distributions(spec, group.prior)):
-                    self.resumable.append(self._ticket(group, trial))
+                    self.resumable.append((self._ticket(group, trial), trial._trial_id))
                 else:  # the driver died inside ask(): nothing ran
                     study.tell(trial.number, state=TrialState.FAIL)
         self.running: dict[str, tuple[Ticket, optuna.Trial]] = {}  # issued in this run, not ended
@@ -111,11 +111,8 @@ class Ledger:
         return Ticket(group, trial.number, dict(trial.params), search.trial_seed(self.spec, group, trial.number),
                       trial.user_attrs.get("checkpoint"), set(trial.intermediate_values))
 
-    def _trials(self, group: Group) -> list[FrozenTrial]:
-        return [t for t in self.studies[group].get_trials(deepcopy=False) if t.state != TrialState.FAIL]
-
     def issued(self, group: Group) -> int:
-        return len(self._trials(group))
+        return len(self.trials(group))
 
     def all_issued(self) -> bool:
         return not self.resumable and all(self.issued(g) >= g.budget for g in self.groups)
@@ -124,8 +121,8 @@ class Ledger:
         """The next trial to run: first those a previous run left unended, then a new trial of a
         group with budget left (see `_next_group`). None when every budget is issued."""
         if self.resumable:
-            ticket = self.resumable.pop(0)
-            trial = optuna.trial.Trial(self.studies[ticket.group], self._trial_id(ticket))
+            ticket, trial_id = self.resumable.pop(0)
+            trial = optuna.trial.Trial(self.studies[ticket.group], trial_id)
             if trial.user_attrs.get("failure"):
                 trial.set_user_attr("failure", "")  # it gets another chance
             return self._issue(ticket, trial)
@@ -146,23 +143,21 @@ class Ledger:
         groups whose sampler is ready: a TPE group past its start-up waits until its start-up
         trials have ended (then TPE models them), as long as another group has a trial to run. No
         slot is left idle: with only waiting groups left, one of them goes anyway."""
-        open_groups = [g for g in self.groups if self.issued(g) < g.budget]
+        trials = {g: self.trials(g) for g in self.groups}
+        open_groups = [g for g in self.groups if len(trials[g]) < g.budget]
         if not open_groups:
             return None
+
         def ready(g: Group) -> bool:
             after = search.guided_after(self.spec, g)
-            ended = sum(t.state.is_finished() for t in self._trials(g))
-            return self.issued(g) < after or ended >= after
+            return len(trials[g]) < after or sum(t.state.is_finished() for t in trials[g]) >= after
         candidates = [g for g in open_groups if ready(g)] or open_groups
-        return min(candidates, key=lambda g: self.issued(g) / g.budget)
+        return min(candidates, key=lambda g: len(trials[g]) / g.budget)
 
     def _issue(self, ticket: Ticket, trial: optuna.Trial) -> Ticket:
         self.running[ticket.key] = (ticket, trial)
         self.waiting.add(ticket.key)
         return ticket
-
-    def _trial_id(self, ticket: Ticket) -> int:
-        return self.studies[ticket.group].get_trials(deepcopy=False)[ticket.number]._trial_id
 
     # ---------------------------------------------------------------- what happens to them
 
@@ -223,13 +218,9 @@ class Ledger:
 
     def trials(self, group: Group) -> list[FrozenTrial]:
         """The group's trials (those the driver died creating left out)."""
-        return self._trials(group)
+        return [t for t in self.studies[group].get_trials(deepcopy=False) if t.state != TrialState.FAIL]
 
     def complete(self, group: Group) -> bool:
         """Every trial of the group's budget has ended (COMPLETE or PRUNED)."""
         trials = self.trials(group)
         return len(trials) >= group.budget and all(t.state.is_finished() for t in trials)
-
-    def unended(self) -> list[FrozenTrial]:
-        """Trials issued and not ended, in every group (interrupted or failed)."""
-        return [t for g in self.groups for t in self.trials(g) if t.state == TrialState.RUNNING]

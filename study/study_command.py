@@ -23,8 +23,6 @@ from study.manifest import Manifest, StudyFolder, fingerprint, resume_problems, 
 from study.spec import StudySpec, load_space
 from trainables.errors import InputError
 
-STOP_WAIT_SECONDS = 300
-
 
 def _check_study(spec: StudySpec, folder: StudyFolder, targets: settings.Targets, resume: bool,
                  force: bool = False) -> Manifest | None:
@@ -189,7 +187,7 @@ def _print_champions(console: Console, rows: list[dict]) -> None:
     console.print(table)
 
 
-def stop(study: str, *, storage: str | None, wait: float = STOP_WAIT_SECONDS) -> dict:
+def stop(study: str, *, storage: str | None, wait: float) -> dict:
     """Ask a running study's driver to stop (it ends its trials resumably) and wait until it has."""
     folder = StudyFolder(settings.resolve_storage(storage), study)
     if not folder.exists():

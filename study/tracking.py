@@ -97,6 +97,14 @@ class StudyTracker:
         metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
         self.client.log_batch(run_id, metrics=metrics + [Metric("epoch", step, now, step)])
 
+    def log_epochs(self, run_id: str, epochs, after: int) -> int:
+        """Log the epochs past `after` (the last epoch the run has); returns the run's last epoch now."""
+        for result in epochs:
+            if int(result.get("epoch", 0)) > after:
+                self.log_epoch(run_id, result)
+                after = int(result["epoch"])
+        return after
+
     def end_run(self, run_id: str, status: str, **tags: str) -> None:
         if tags:
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
@@ -175,10 +183,8 @@ class TrackingCallback(tune.Callback):
         run_id = self._run(key, sampled)
         # A trial continued from a checkpoint sends the epochs before it once (`restored_history`):
         # those a crash kept from being logged are logged now. Epochs already logged are not.
-        for epoch in [*json.loads(result.get("restored_history", "[]")), result]:
-            if int(epoch.get("epoch", 0)) > self.runs[key][1]:
-                self.tracker.log_epoch(run_id, epoch)
-                self.runs[key] = (run_id, int(epoch["epoch"]))
+        epochs = [*json.loads(result.get("restored_history", "[]")), result]
+        self.runs[key] = (run_id, self.tracker.log_epochs(run_id, epochs, self.runs[key][1]))
         node = result.get("node_id")
         if node and node != self.nodes.get(key):
             self.nodes[key] = node
@@ -235,9 +241,7 @@ def mirror_ended_trials(tracker: StudyTracker, parent_id: str, ledger) -> int:
             run_id, logged = tracker.trial_run(parent_id, key, config, search.run_name(config, trial.number))
             checkpoint = trial.user_attrs.get("checkpoint")
             if checkpoint:
-                for epoch in checkpoint_history(checkpoint):
-                    if epoch["epoch"] > logged:
-                        tracker.log_epoch(run_id, epoch)
+                tracker.log_epochs(run_id, checkpoint_history(checkpoint), logged)
                 if not tracker.client.list_artifacts(run_id, "model"):
                     tracker.log_model(run_id, config, checkpoint)
             tracker.end_run(run_id, "FINISHED", **{STOP_REASON: trial.user_attrs.get("stop_reason", "")})

@@ -108,18 +108,20 @@ def checkpoint_uri(checkpoint: tune.Checkpoint) -> str:
     return checkpoint.path if scheme == "local" else f"{scheme}://{checkpoint.path}"
 
 
+def _training_state(checkpoint: tune.Checkpoint | str, device="cpu") -> dict:
+    """The training state a trial's checkpoint holds (see Trainer.save)."""
+    with _as_checkpoint(checkpoint).as_directory() as folder:
+        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+
+
 def best_weights(checkpoint: tune.Checkpoint | str, device="cpu") -> dict:
     """The best weights (a state dict) a trial's checkpoint holds."""
-    with _as_checkpoint(checkpoint).as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
-    return state["best_model"]
+    return _training_state(checkpoint, device)["best_model"]
 
 
 def checkpoint_history(checkpoint: tune.Checkpoint | str) -> list[dict]:
     """The per-epoch metrics a trial's checkpoint holds (every epoch up to it)."""
-    with _as_checkpoint(checkpoint).as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    return list(state["progress"]["history"])
+    return list(_training_state(checkpoint)["progress"]["history"])
 
 
 def save_trial_model(config: TrainConfig, checkpoint: tune.Checkpoint | str, folder: Path) -> Path:

@@ -34,7 +34,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from study.spec import IntLogUniform, LogUniform, StudySpec
-from trainables.config import MIXTURE_PRIORS, SEARCHED_FIELDS, TrainConfig
+from trainables.config import MIXTURE_PRIORS, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def distributions(spec: StudySpec, prior: str) -> dict[str, BaseDistribution]:
         "lr": FloatDistribution(lr.low, lr.high, log=True) if isinstance(lr, LogUniform)
         else CategoricalDistribution(list(lr))}
     if prior in MIXTURE_PRIORS:
-        K = spec.space.priors[prior].K
+        K = spec.space.priors[prior].K or [TrainConfig().K]  # K left out: TrainConfig's default
         chosen["K"] = (IntDistribution(K.low, K.high, log=True) if isinstance(K, IntLogUniform)
                        else CategoricalDistribution(list(K)))
     return chosen
@@ -133,8 +133,8 @@ def pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 def fixed_settings(spec: StudySpec) -> dict:
     """The TrainConfig fields every trial of the study shares (the search adds SEARCHED_FIELDS)."""
-    some = spec.train_config(model=spec.models[0], prior=spec.priors()[0], lr=1.0, K=None, seed=0)
-    return {k: v for k, v in some.to_dict().items() if k not in SEARCHED_FIELDS}
+    return {"dataset": spec.dataset, **spec.fixed.model_dump(), "samples": spec.evaluation.samples,
+            "test_limit": spec.evaluation.test_limit, "device": "auto"}
 
 
 def chosen_settings(group: Group, params: dict, seed: int) -> dict:

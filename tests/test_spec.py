@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from study import search
 from study.spec import IntLogUniform, LogUniform, StudySpec, load_space, parse_space
-from trainables.config import MIXTURE_PRIORS, TrainConfig
 from trainables.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,9 +17,10 @@ PAPER_PRIORS = ["standard", "mog", "vampprior", "vampprior_data"]
 DATASET_FILES = ["static_mnist", "dynamic_mnist", "omniglot", "caltech101", "freyfaces", "histopathology"]
 
 
-def K_values(spec: StudySpec, prior: str):
-    K = spec.space.priors[prior].K
-    return list(K) if isinstance(K, list) else K
+def K_values(spec: StudySpec, prior: str) -> list[int] | None:
+    """The K a group of `prior` chooses from (None: the prior has no components)."""
+    K = search.distributions(spec, prior).get("K")
+    return list(K.choices) if K is not None else None
 
 
 def _spec(**changes) -> StudySpec:
@@ -45,9 +46,10 @@ def test_every_shipped_file_loads(path: Path) -> None:
     assert spec.name == path.stem
     for model in spec.models:
         for prior in spec.priors():
+            group = search.Group(model, prior, 1)
             K = K_values(spec, prior)
-            assert spec.train_config(model=model, prior=prior, lr=1e-4, K=K[0] if K else None,
-                                     seed=0).dataset == spec.dataset
+            params = {"lr": 1e-4, **({"K": K[0]} if K else {})}
+            assert search.trial_config(spec, group, params, seed=0).dataset == spec.dataset
 
 
 def test_one_file_per_dataset_and_a_quickstart() -> None:
@@ -63,7 +65,7 @@ def test_paper_settings(dataset: str, K: int) -> None:
     assert K_values(spec, "standard") is None
     for prior in PAPER_PRIORS[1:]:
         assert K_values(spec, prior) == [K]
-    assert spec.space.lr == LogUniform(loguniform=(1e-4, 5e-4))
+    assert spec.space.lr == LogUniform(loguniform=[1e-4, 5e-4])
     fixed = spec.fixed
     assert (fixed.epochs, fixed.warmup, fixed.patience, fixed.batch_size) == (2000, 100, 50, 100)
     assert (fixed.z1_size, fixed.z2_size, fixed.hidden, fixed.train_limit) == (40, 40, 300, None)
@@ -89,74 +91,56 @@ def test_quickstart_is_small() -> None:
 # --------------------------------------------------------------------------- StudySpec
 
 
-def test_defaults_are_trainconfig_defaults(tmp_path: Path) -> None:
+def test_a_minimal_file_runs_the_papers_settings(tmp_path: Path) -> None:
+    """Sections left out (or empty) mean the paper's settings (Sec. 4); K left out means 500."""
     path = tmp_path / "min.yaml"
     path.write_text("name: m\ndataset: omniglot\nmodels: [hvae]\n"
                     "space: {lr: [5e-4], priors: {standard: , vampprior: {}}}\nfixed:\n")
     spec = load_space(path)
-    default = TrainConfig()
-    for field, value in spec.fixed.model_dump().items():
-        assert value == getattr(default, field), field
-    assert spec.evaluation.samples == default.samples
-    assert K_values(spec, "vampprior") == [default.K]  # K omitted: TrainConfig's default
     assert spec.space.lr == [5e-4]  # 5e-4 without a dot is a float, not a string
-    assert (spec.search.algorithm, spec.resources.gpus) == ("tpe", 0)
+    assert spec.priors() == ["standard", "vampprior"]
+    group = next(g for g in search.groups(spec) if g.prior == "vampprior")
+    assert search.distributions(spec, "vampprior")["K"].choices == (500,)
+    config = search.trial_config(spec, group, {"lr": 5e-4, "K": 500}, seed=1)
+    assert (config.epochs, config.warmup, config.patience, config.batch_size) == (2000, 100, 50, 100)
+    assert (config.z1_size, config.z2_size, config.hidden, config.pseudoinputs) == (40, 40, 300, "random")
+    assert (config.samples, config.test_limit, config.train_limit) == (5000, None, None)
+    assert (spec.search.algorithm, spec.resources.of("hvae")) == ("tpe", {"cpu": 1, "gpu": 0})
 
 
-SMALL_SPACE = """
-name: small
-dataset: static_mnist
-models: [vae]
-space:
-  lr: {loguniform: [1.0e-4, 1.0e-3]}
-  priors: {standard: {}, vampprior: {K: [50]}}
-fixed: {epochs: 3, warmup: 2, patience: 2, batch_size: 100, hidden: 300, train_limit: 2000}
-early_stopping: {grace_period: 1, reduction_factor: 2}
-evaluation: {samples: 500, test_limit: 500}
-"""
+def test_priors_keep_the_order_of_the_file() -> None:
+    spec = _spec(space={"lr": [1e-4], "priors": {"vampprior": {}, "standard": {}, "mog": {"K": [5]}}})
+    assert spec.priors() == ["vampprior", "standard", "mog"]
 
 
-@pytest.fixture
-def small_space(tmp_path: Path) -> Path:
-    path = tmp_path / "small.yaml"
-    path.write_text(SMALL_SPACE)
-    return path
-
-
-def test_train_config_applies_fixed_fields(small_space: Path) -> None:
-    spec = load_space(small_space)
-    config = spec.train_config(model="vae", prior="vampprior", lr=3e-4, K=50, seed=7)
-    assert isinstance(config, TrainConfig)
-    assert config == TrainConfig(dataset="static_mnist", model="vae", prior="vampprior", K=50, lr=3e-4, seed=7,
-                                 epochs=3, warmup=2, patience=spec.fixed.patience, batch_size=100, hidden=300,
-                                 train_limit=2000, samples=500, test_limit=500, device="auto")
-    standard = spec.train_config(model="vae", prior="standard", lr=3e-4, K=None, seed=0)
-    assert standard.K == TrainConfig().K and not standard.mixture
-
-
-@pytest.mark.parametrize("model, prior, error", [("hvae", "standard", ValueError), ("vae", "mog", KeyError)])
-def test_train_config_rejects_what_the_study_lacks(model: str, prior: str, error: type, small_space: Path) -> None:
-    with pytest.raises(error):
-        load_space(small_space).train_config(model=model, prior=prior, lr=1e-4, K=None, seed=0)
-
-
-def test_spec_is_frozen_and_round_trips() -> None:
+def test_spec_is_frozen_and_round_trips_through_its_json() -> None:
+    """The manifest of a study keeps the spec as JSON; a resume reads it back unchanged."""
     spec = _spec()
     with pytest.raises(Exception):
         spec.name = "other"  # type: ignore[misc]
-    assert StudySpec.model_validate(spec.model_dump(mode="json")) == spec
+    assert parse_space(spec.model_dump(mode="json")) == spec
     assert "source" not in StudySpec.model_json_schema()["properties"]
     assert isinstance(spec.space.priors["mog"].K, IntLogUniform)
 
 
-def test_mixture_priors_come_from_trainconfig() -> None:
-    assert spec_mixtures() == set(MIXTURE_PRIORS)
-
-
-def spec_mixtures() -> set[str]:
-    spec = _spec(space={"lr": [1e-4], "priors": {p: {} for p in
-                                                 ["standard", "mog", "vampprior", "vampprior_data", "vampprior_weighted"]}})
-    return {p for p in spec.priors() if spec.space.priors[p].K is not None}
+@pytest.mark.parametrize("field, value, message", [
+    ("name", "a" * 65, "name: 'aaaa"),
+    ("models", ["vae", "hvae", "vae"], "models[2]: 'vae' is listed twice"),
+    ("space", {"lr": [1e-4, 1e-4], "priors": {"standard": {}}}, "space.lr[1]: 0.0001 is listed twice"),
+    ("space", {"lr": {"loguniform": [1e-4]}, "priors": {"standard": {}}},
+     "space.lr.loguniform: must hold at least 2 values, got [0.0001]"),
+    ("space", {"lr": "fast", "priors": {"standard": {}}}, "space.lr: must be either {loguniform: [low, high]}"),
+    ("space", {"lr": [float("inf")], "priors": {"standard": {}}}, "space.lr[0]: must be a finite number, got inf"),
+    ("space", {"lr": [1e-4], "priors": {"mog": {"K": [5, 5]}}}, "space.priors.mog.K[1]: 5 is listed twice"),
+    ("tracking", {"uri": ""}, "tracking.uri: must not be empty; write null for the default"),
+    ("resources", {"gpus": {"vae": 1}, "cpus": {"hvae": 1, "vae": 1}},
+     "resources.cpus.hvae: 'hvae' is not a model of this study"),
+    ("evaluation", {"samples": 1.5}, "evaluation.samples: must be an integer, got 1.5"),
+])
+def test_rules_beyond_the_bad_corpus(field: str, value, message: str) -> None:
+    with pytest.raises(InputError) as info:
+        _spec(**{field: value})
+    assert f"<spec>: {message}" in str(info.value)
 
 
 # --------------------------------------------------------------------------- bad files

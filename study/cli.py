@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -33,28 +33,30 @@ def _emit(result: dict, as_json: bool, human) -> None:
         human(result)
 
 
-#: Where a study's parts go, for `study run`, `study resume` and `study stop` (first wins: flag,
-#: environment, space file, embedded default; see study.settings).
-_WHERE = {
-    "tracking_uri": typer.Option(None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the spec, "
-                                 "or SQLite under $STUDY_HOME)"),
-    "optuna_storage": typer.Option(None, help="the Optuna storage of the study's groups, an SQLAlchemy URL "
-                                   "(default: $STUDY_OPTUNA_STORAGE, or SQLite under $STUDY_HOME)"),
-    "storage": typer.Option(None, help="Ray storage: a folder or s3://bucket/prefix (default: $STUDY_STORAGE, "
-                            "the spec, or $STUDY_HOME/ray)"),
-    "address": typer.Option(None, help="a Ray cluster to join (default: $RAY_ADDRESS, or a local Ray)"),
-}
+# Options shared by the commands, defined once. Where a study's parts go is resolved by
+# study.settings, first wins: the flag, the environment variable, the space file, the default.
+TrackingUri = Annotated[Optional[str], typer.Option(
+    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the space file's tracking.uri, or SQLite under "
+         "$STUDY_HOME)")]
+OptunaStorage = Annotated[Optional[str], typer.Option(
+    help="the Optuna storage of the study's groups, an SQLAlchemy URL (default: $STUDY_OPTUNA_STORAGE, or SQLite "
+         "under $STUDY_HOME)")]
+Storage = Annotated[Optional[str], typer.Option(
+    help="Ray storage: a folder or s3://bucket/prefix (default: $STUDY_STORAGE, the space file's storage.path, or "
+         "$STUDY_HOME/ray)")]
+Address = Annotated[Optional[str], typer.Option(help="a Ray cluster to join (default: $RAY_ADDRESS, or a local Ray)")]
+Json = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")]
 
 
 @command(app)
 def run(
     space: Path = typer.Argument(..., help="a search-space YAML file (see search_spaces/)"),
-    tracking_uri: Optional[str] = _WHERE["tracking_uri"],
-    optuna_storage: Optional[str] = _WHERE["optuna_storage"],
-    storage: Optional[str] = _WHERE["storage"],
-    address: Optional[str] = _WHERE["address"],
+    tracking_uri: TrackingUri = None,
+    optuna_storage: OptunaStorage = None,
+    storage: Storage = None,
+    address: Address = None,
     dry_run: bool = typer.Option(False, help="validate and print the plan; start nothing"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+    as_json: Json = False,
 ) -> None:
     """Run a study: every (model, prior) group's trials on Ray Tune, chosen by its own Optuna sampler,
     stopped early within the group, tracked in MLflow; register each group's champion."""
@@ -68,13 +70,13 @@ def run(
 @command(app)
 def resume(
     space: Path = typer.Argument(..., help="the search-space YAML file of the study"),
-    tracking_uri: Optional[str] = _WHERE["tracking_uri"],
-    optuna_storage: Optional[str] = _WHERE["optuna_storage"],
-    storage: Optional[str] = _WHERE["storage"],
-    address: Optional[str] = _WHERE["address"],
+    tracking_uri: TrackingUri = None,
+    optuna_storage: OptunaStorage = None,
+    storage: Storage = None,
+    address: Address = None,
     force: bool = typer.Option(False, help="resume although the study's record says a driver on another "
                                "machine runs it (that driver is gone)"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+    as_json: Json = False,
 ) -> None:
     """Continue a study where it stopped: ended trials are not run again, unended ones continue from
     their checkpoints, a larger budget adds trials; any other change to the file is refused."""
@@ -88,9 +90,9 @@ def resume(
 @command(app)
 def stop(
     study_name: str = typer.Argument(..., metavar="STUDY", help="the name of a running study"),
-    storage: Optional[str] = _WHERE["storage"],
+    storage: Storage = None,
     wait: float = typer.Option(300, help="seconds to wait for the driver to stop"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+    as_json: Json = False,
 ) -> None:
     """End a running study cleanly, from any terminal: its trials stop, resumable with `study resume`."""
     from study.study_command import stop as stop_study
@@ -102,8 +104,8 @@ def stop(
 @command(app)
 def status(
     study_name: Optional[str] = typer.Argument(None, metavar="[STUDY]", help="a study name; none: list the studies"),
-    tracking_uri: Optional[str] = typer.Option(None, help="as for `study run`"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+    tracking_uri: TrackingUri = None,
+    as_json: Json = False,
 ) -> None:
     """The trials of a study: state, epochs, validation loss (from the tracking server)."""
     from study.study_command import print_status, status as study_status
@@ -116,8 +118,8 @@ def status(
 def pull(
     reference: str = typer.Argument(..., metavar="NAME[@ALIAS|/VERSION]", help="a registered model, e.g. static_mnist-hvae-vampprior@champion"),
     out: Path = typer.Option(..., help="folder to write weights.pt and config.json into"),
-    tracking_uri: Optional[str] = typer.Option(None, help="as for `study run`"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+    tracking_uri: TrackingUri = None,
+    as_json: Json = False,
 ) -> None:
     """Fetch a registered model from the MLflow Model Registry."""
     from study import settings
@@ -150,7 +152,7 @@ def train(
     output: Optional[Path] = typer.Option(None, help="folder for the model, checkpoint, metrics and figures"),
     resume: bool = typer.Option(False, help="continue from OUTPUT/checkpoint.pt"),
     figures: bool = typer.Option(True, help="write PNG figures"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+    as_json: Json = False,
 ) -> None:
     """Train one configuration without Ray (debugging, reproduction), then score it on the test set."""
     from study.train_command import run_train
@@ -174,8 +176,8 @@ def score(
     seed: Optional[int] = typer.Option(None, help="defaults to the model's training seed"),
     test_limit: Optional[int] = typer.Option(None, help="score N images, the fixed-seed subset of `study train`"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
-    tracking_uri: Optional[str] = typer.Option(None, help="where registered models are (as for `study run`)"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+    tracking_uri: TrackingUri = None,
+    as_json: Json = False,
 ) -> None:
     """Importance-sampled log-likelihood of a saved or registered model."""
     import tempfile

@@ -28,9 +28,11 @@ def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
 
 def pull(reference: str, out: Path, tracking_uri: str) -> Path:
     """Download a registered model's files (weights.pt, config.json) into `out` and verify them."""
+    from study.settings import require_existing_store
     from trainables.artifacts import read_config, sha256_file
 
     name, alias, version = parse_reference(reference)
+    require_existing_store(tracking_uri)
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
         found = (client.get_model_version(name, version) if version

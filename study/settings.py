@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainables.errors import InputError
+
 
 @dataclass(frozen=True)
 class Targets:
@@ -51,6 +53,22 @@ def home() -> Path:
 def resolve_tracking_uri(flag: str | None = None, from_spec: str | None = None) -> str:
     return (flag or os.environ.get("MLFLOW_TRACKING_URI") or from_spec
             or f"sqlite:///{home() / 'mlflow.db'}")
+
+
+def require_existing_store(uri: str) -> str:
+    """For the read-only commands (`study status`, `study pull`, `study score models:/...`): refuse
+    an SQLite tracking URI whose file does not exist, which MLflow would otherwise create as an
+    empty store (with its artifact folders). `study run` creates the store, so it does not call
+    this. Other URIs (http(s) servers, other databases) are left to MLflow. Returns `uri`."""
+    if uri.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        database = make_url(uri).database
+        if database and database != ":memory:" and not Path(database).is_file():
+            raise InputError(f"there is no tracking store at {without_userinfo(uri)} ({Path(database).resolve()} "
+                             "does not exist): run a study first (`study run SPACE`), or check --tracking-uri "
+                             "and MLFLOW_TRACKING_URI")
+    return uri
 
 
 def resolve_optuna_storage(flag: str | None = None) -> str:

@@ -216,7 +216,7 @@ def status(study: str | None, *, tracking_uri: str | None) -> dict:
 
     from study.tracking import FAILURE, ROLE, STOP_REASON, STUDY, STUDY_ID
 
-    uri = settings.resolve_tracking_uri(tracking_uri)
+    uri = settings.require_existing_store(settings.resolve_tracking_uri(tracking_uri))
     client = MlflowClient(uri)
     if study is None:
         experiments = client.search_experiments(filter_string=f"tags.`{STUDY}` != ''")

@@ -289,7 +289,6 @@ class Service:
         timeout = self.start_timeout if timeout is None else timeout
         if port_in_use(self.port):
             raise RuntimeError(f"{self.kind} server: port {HOST}:{self.port} is already in use")
-        began = time.monotonic()
         try:
             self.launch()
         except Exception as error:
@@ -308,7 +307,6 @@ class Service:
             self._fail(f"exited with status {exited.code} before it was ready")
         if not ok:
             self._fail(f"not ready after {timeout:.0f} s")
-        self.startup_seconds = time.monotonic() - began
         return self
 
     def stop(self) -> None:
@@ -888,11 +886,6 @@ class RayHead(Service):
     def address(self) -> str:
         """The GCS address a driver joins: ``ray.init(address=...)`` / RAY_ADDRESS."""
         return f"{self.node_ip}:{self.port}"
-
-    @property
-    def session_dirs(self) -> list[Path]:
-        """The head's session folders (logs under ``<session>/logs``)."""
-        return sorted(p for p in self.temp_dir.glob("session_*") if p.is_dir() and not p.is_symlink())
 
     # -- the process
     def command(self) -> list[str]:

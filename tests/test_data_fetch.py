@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import shutil
 import socket
+import threading
 import time
+from collections.abc import Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,7 @@ from trainables.data import (
     DATASETS,
     Checksum,
     DatasetSpec,
+    SourceFile,
     cache_dir,
     fetch,
     load_dataset,
@@ -37,10 +42,69 @@ def _closed_port_url(path: str) -> str:
     return f"http://127.0.0.1:{port}/{path}"
 
 
+def _with_urls(spec: DatasetSpec, url_of: Callable[[SourceFile], str]) -> DatasetSpec:
+    """``spec`` with each source file's URLs replaced by the one URL ``url_of(file)``."""
+    files = tuple(dataclasses.replace(f, urls=(url_of(f),)) for f in spec.files)
+    return dataclasses.replace(spec, files=files)
+
+
 def _offline(spec: DatasetSpec) -> DatasetSpec:
     """``spec`` with every URL pointing at a closed local port."""
-    files = tuple(dataclasses.replace(f, urls=(_closed_port_url(f.filename),)) for f in spec.files)
-    return dataclasses.replace(spec, files=files)
+    return _with_urls(spec, lambda f: _closed_port_url(f.filename))
+
+
+def _served_by(spec: DatasetSpec, base_url: str) -> DatasetSpec:
+    """``spec`` downloading each file from ``<base_url>/<file.path>`` (a mirror-layout folder)."""
+    return _with_urls(spec, lambda f: f"{base_url}/{f.path}")
+
+
+@dataclasses.dataclass
+class _Served:
+    url: str  # http://127.0.0.1:PORT, no trailing slash
+    requests: list[str]  # "GET /path 200" per request, in order
+    stop: Callable[[], None]
+
+
+@pytest.fixture
+def http_folder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], _Served]]:
+    """Serve a folder over real HTTP on 127.0.0.1 (stdlib ``http.server`` in a thread):
+    ``serve(folder)`` returns its base URL and the requests it saw. Proxy variables are
+    cleared so urllib connects directly; every server is stopped at the end."""
+    for name in list(os.environ):
+        if name.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+            monkeypatch.delenv(name)
+    servers: list[ThreadingHTTPServer] = []
+
+    def serve(folder: Path) -> _Served:
+        requests: list[str] = []
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+                super().__init__(*args, directory=str(folder), **kwargs)
+
+            def log_request(self, code="-", size="-"):  # type: ignore[no-untyped-def]
+                requests.append(f"{self.command} {self.path} {int(code)}")
+
+            def log_message(self, format, *args):  # type: ignore[no-untyped-def]  # quiet
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, name="http-folder", daemon=True)
+        thread.start()
+        servers.append(server)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=10)
+
+        return _Served(f"http://127.0.0.1:{server.server_address[1]}", requests, stop)
+
+    yield serve
+    for server in servers:
+        server.shutdown()  # returns at once for a server already stopped
+        server.server_close()
 
 
 def _with_sha256_of(spec: DatasetSpec, path: Path) -> DatasetSpec:
@@ -213,22 +277,68 @@ def test_unfetchable_file_says_where_to_put_it(
     _assert_no_leftovers(cache)
 
 
-def test_real_download_attempt_fails_cleanly(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_download_from_http_server_verifies_and_loads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shared_datasets: Path, http_folder
 ) -> None:
-    """No internet here: the canonical URL fails and the error says where to put the file.
-    (Where the network works, a short timeout keeps this from downloading the file.)"""
-    monkeypatch.setattr("trainables.data.sources.DOWNLOAD_TIMEOUT_S", 0.5)
+    """No mirror: the file comes over real HTTP (a local server serving ../shared/datasets),
+    its checksum is verified, it is parsed and cached, and the dataset loads."""
     monkeypatch.delenv("STUDY_DATA_MIRROR", raising=False)
+    served = http_folder(shared_datasets)
+    spec = _served_by(DATASETS["freyfaces"], served.url)
     cache = tmp_path / "cache"
-    try:
-        fetch("omniglot", cache=cache)
-    except DataError as err:
-        assert "https://raw.githubusercontent.com/yburda/iwae" in str(err)
-        assert "omniglot/chardata.mat" in str(err)
-        _assert_no_leftovers(cache)
-    else:  # pragma: no cover - only with network access and a fast link
-        pytest.skip("network available: the real file was downloaded")
+    messages: list[str] = []
+    assert fetch(spec, cache=cache, progress=messages.append) == cache / "freyfaces.npz"
+    assert served.requests == [f"GET /{FREY} 200"]
+    assert f"freyfaces: downloading {served.url}/{FREY}" in messages
+    assert "freyfaces: verifying freyfaces.pkl (sha256)" in messages
+    assert sorted(p.name for p in cache.iterdir()) == ["freyfaces.npz"]
+    splits = load_dataset(spec, cache=cache)
+    assert (splits.train.shape, splits.val.shape, splits.test.shape) == ((1565, 560), (200, 560), (200, 560))
+    assert served.requests == [f"GET /{FREY} 200"]  # loading reads the cache, no second download
+
+
+def test_downloaded_corrupt_file_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shared_datasets: Path, http_folder
+) -> None:
+    monkeypatch.delenv("STUDY_DATA_MIRROR", raising=False)
+    folder = _mirror_with(tmp_path, shared_datasets, FREY)
+    data = bytearray((folder / FREY).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / FREY).write_bytes(bytes(data))
+    served = http_folder(folder)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="checksum mismatch") as err:
+        fetch(_served_by(DATASETS["freyfaces"], served.url), cache=cache)
+    message = str(err.value)
+    assert "freyfaces.pkl" in message and "sha256" in message
+    assert DATASETS["freyfaces"].files[0].checksum.digest in message
+    assert hashlib.sha256(bytes(data)).hexdigest() in message
+    assert served.requests == [f"GET /{FREY} 200"]
+    _assert_no_leftovers(cache)
+
+
+@pytest.mark.parametrize("failure", ["not found", "refused"])
+def test_failed_download_says_where_to_put_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, http_folder, failure: str
+) -> None:
+    """A 404 from a live server, or a server that has gone (connection refused): the error
+    names the URL tried and where to put the file, and the cache is left empty."""
+    monkeypatch.delenv("STUDY_DATA_MIRROR", raising=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    served = http_folder(empty)
+    if failure == "refused":
+        served.stop()
+    spec = _served_by(DATASETS["freyfaces"], served.url)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError) as err:
+        fetch(spec, cache=cache)
+    message = str(err.value)
+    url = f"{served.url}/{FREY}"
+    assert message.startswith(f"freyfaces: cannot fetch freyfaces.pkl ({url}: ")
+    assert f"put it at DIR/{FREY}" in message and "STUDY_DATA_MIRROR=DIR" in message and "--mirror" in message
+    assert served.requests == ([f"GET /{FREY} 404"] if failure == "not found" else [])
+    _assert_no_leftovers(cache)
 
 
 # --------------------------------------------------------------------------- failures mid-way

@@ -16,7 +16,6 @@ from study.servers import (
     PostgresServer,
     S3Server,
     Service,
-    basic_auth_available,
     free_port,
     group_members,
     pid_alive,
@@ -149,7 +148,6 @@ def test_mlflow_server_rejects_foreign_host_header(mlflow_server: MlflowServer):
         urllib.request.urlopen(request, timeout=10)
     assert error.value.code == 403
 
-@pytest.mark.skipif(not basic_auth_available(), reason="mlflow[auth] (Flask-WTF) is not installed")
 def test_mlflow_basic_auth(mlflow_server: MlflowServer, postgres_server: PostgresServer, s3_server: S3Server,
                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import mlflow

@@ -59,15 +59,24 @@ def test_the_champion_alias_moves_only_within_a_protocol_or_to_the_full_one(new,
     ("static_mnist-hvae-vampprior/3", ("static_mnist-hvae-vampprior", None, "3")),
     ("models:/omniglot-vae-standard@champion", ("omniglot-vae-standard", "champion", None)),
     ("models:/omniglot-vae-standard/12", ("omniglot-vae-standard", None, "12")),
+    ("models:/omniglot-vae-standard", ("omniglot-vae-standard", "champion", None)),
+    ("my.model_v2@best_run-1", ("my.model_v2", "best_run-1", None)),  # '.', '_', '-' in names; '_', '-' in aliases
 ])
 def test_registry_references(reference, parsed):
     assert parse_reference(reference) == parsed
 
 
-@pytest.mark.parametrize("reference", ["", "a b", "name@", "name/", "name/x", "name@a@b", "models:/", "x/1/2"])
+@pytest.mark.parametrize("reference", [
+    "", "a b", "name@", "name/", "name/x", "name@a@b", "models:/", "x/1/2",
+    "models:/name@", "models:/name/", "name@alias/3", "name/3@alias",  # an alias and a version at once
+    "@champion", "/3", " name", "name/-1", "name@al.ias",
+    "models:/models:/name", "MODELS:/name", "models:name@champion",  # only the exact models:/ prefix
+    "runs:/0123abcd/model",  # a run's artifact URI is not a registered model
+])
 def test_bad_registry_references_name_the_forms_allowed(reference):
-    with pytest.raises(InputError, match="NAME, NAME@ALIAS or NAME/VERSION"):
+    with pytest.raises(InputError, match="NAME, NAME@ALIAS or NAME/VERSION") as error:
         parse_reference(reference)
+    assert repr(reference) in str(error.value)
 
 
 def test_pull_and_score_of_a_registered_model_need_neither_ray_nor_optuna():

@@ -14,13 +14,13 @@ from trainables.errors import InputError
 #: The alias that the registry moves to a group's best version (study.registry).
 ALIAS = "champion"
 
-MODEL_REF = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))?$")
+MODEL_REF = re.compile(r"(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))?")
 
 
 def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
     """NAME, NAME@ALIAS or NAME/VERSION (optionally as models:/...) -> (name, alias, version);
     with neither, the alias is `champion`."""
-    match = MODEL_REF.match(reference.removeprefix("models:/"))
+    match = MODEL_REF.fullmatch(reference.removeprefix("models:/"))
     if not match:
         raise InputError(f"{reference!r} is not a registered model reference; use NAME, NAME@ALIAS or NAME/VERSION")
     return match["name"], None if match["version"] else (match["alias"] or ALIAS), match["version"]

@@ -72,6 +72,7 @@ def test_registry_references(reference, parsed):
     "@champion", "/3", " name", "name/-1", "name@al.ias",
     "models:/models:/name", "MODELS:/name", "models:name@champion",  # only the exact models:/ prefix
     "runs:/0123abcd/model",  # a run's artifact URI is not a registered model
+    "name\n", "name@champion\n",  # a trailing newline (a pasted line) is not part of a name
 ])
 def test_bad_registry_references_name_the_forms_allowed(reference):
     with pytest.raises(InputError, match="NAME, NAME@ALIAS or NAME/VERSION") as error:

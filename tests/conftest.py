@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.server_fixtures"]
-
 # --------------------------------------------------------------------------- data fixtures
 
 MIRRORED_DATASETS = ("static_mnist", "dynamic_mnist", "caltech101", "freyfaces")

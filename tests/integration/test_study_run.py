@@ -6,13 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.study_helpers import REPO, Tracked, json_out, optuna_groups, overlap, result_lines, small_space, study
-
-
-@pytest.fixture
-def home(tmp_path, data_cache):
-    return {"STUDY_HOME": str(tmp_path / "studies"), "STUDY_CACHE_DIR": str(data_cache),
-            "STUDY_DATA_MIRROR": "", "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", "STUDY_STORAGE": "", "STUDY_OPTUNA_STORAGE": ""}
+from tests.helpers import REPO, Tracked, json_out, optuna_groups, overlap, result_lines, small_space, study
 
 
 def tracking(home) -> str:
@@ -91,7 +85,7 @@ def test_quickstart_end_to_end(home, tmp_path):
     assert len(Tracked(tracking(home), "quickstart").trials) == trials_expected
 
 
-@pytest.mark.parametrize("bad", sorted((REPO / "tests" / "spaces" / "bad").glob("*.yaml"))[:6],
+@pytest.mark.parametrize("bad", sorted((REPO / "tests" / "study" / "spaces" / "bad").glob("*.yaml"))[:6],
                          ids=lambda p: p.stem)
 def test_bad_space_exits_2_and_creates_nothing(home, bad):
     r = study("run", bad, env=home)

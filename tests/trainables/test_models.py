@@ -1,30 +1,12 @@
 """Every model with every prior and likelihood: shapes, gradients, the once-per-input sharing
 of the encoder, and the autoregressive decoder's ordering."""
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from trainables.config import TrainConfig
 from trainables.models import MODELS, build_model
+from tests.helpers import BINARY, GRAY, images, small
 from trainables.priors import PRIORS
-
-BINARY = SimpleNamespace(shape=(1, 28, 28), likelihood="bernoulli", pseudoinput_mean=0.05, pseudoinput_std=0.01)
-GRAY = SimpleNamespace(shape=(1, 28, 20), likelihood="logistic", pseudoinput_mean=0.5, pseudoinput_std=0.02)
-
-
-def images(spec, n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    d = spec.shape[0] * spec.shape[1] * spec.shape[2]
-    x = torch.rand(n, d, generator=g)
-    return torch.bernoulli(x, generator=g) if spec.likelihood == "bernoulli" else (torch.floor(x * 256) + 0.5) / 256
-
-
-def small(model, prior, spec=BINARY, **kw):
-    torch.manual_seed(0)
-    config = TrainConfig(model=model, prior=prior, K=6, hidden=32, z1_size=5, z2_size=4, **kw)
-    return build_model(config, spec, images(spec, 20, seed=1))
-
 
 @pytest.mark.parametrize("spec", [BINARY, GRAY], ids=["bernoulli", "logistic"])
 @pytest.mark.parametrize("prior", sorted(PRIORS))

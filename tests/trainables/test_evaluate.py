@@ -9,7 +9,7 @@ from trainables.evaluate import active_units, bits_per_dim, elbo, evaluate, log_
 from trainables.models.encoders import OneLevelEncoder
 from trainables.models.model import Model
 from trainables.priors import StandardNormal
-from tests.test_models import BINARY, GRAY, images, small
+from tests.helpers import BINARY, GRAY, images, small
 
 
 @pytest.fixture(scope="module", params=["vae", "hvae"])

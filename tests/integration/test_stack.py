@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from study.servers import port_in_use
-from tests.study_helpers import study
+from tests.helpers import study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXPORTED = {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
             "AWS_SHARED_CREDENTIALS_FILE", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "STUDY_STORAGE", "RAY_ADDRESS",
             "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "STUDY_OPTUNA_STORAGE"}

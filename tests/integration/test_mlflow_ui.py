@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.study_helpers import REPO, json_out, study
+from tests.helpers import REPO, json_out, study
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SHOTS = REPO / "test-artifacts" / "mlflow-ui"

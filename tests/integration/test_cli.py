@@ -1,19 +1,13 @@
 """The `study` command as a user runs it: a real process, exit codes, stdout, files."""
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
+from tests.helpers import study
+
 SMALL = ["--K", "20", "--epochs", "2", "--warmup", "2", "--train-limit", "500", "--test-limit", "30",
          "--samples", "40", "--device", "cpu"]
-
-
-def study(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "study", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=600)
 
 
 @pytest.fixture

@@ -1,14 +1,12 @@
 """The read-only commands (`study status`, `study pull`, `study score models:/...`) pointed at an
 SQLite tracking store that does not exist: exit 2, say so, and write nothing (no empty store, no
 studies/ or mlruns/ folders)."""
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-WHERE = ("MLFLOW_TRACKING_URI", "STUDY_HOME", "STUDY_OPTUNA_STORAGE", "STUDY_STORAGE")
+from tests.helpers import study
 
 
 @pytest.fixture
@@ -16,13 +14,6 @@ def empty(tmp_path: Path) -> Path:
     folder = tmp_path / "work"
     folder.mkdir()
     return folder.resolve()
-
-
-def study(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """A real `study` process in `cwd`, without any location from the caller's environment."""
-    base = {k: v for k, v in os.environ.items() if k not in WHERE}
-    return subprocess.run([sys.executable, "-m", "study", *map(str, args)], capture_output=True, text=True,
-                          env={**base, **(env or {})}, cwd=cwd, timeout=300)
 
 
 def assert_refused(result: subprocess.CompletedProcess, store: Path, folder: Path) -> None:

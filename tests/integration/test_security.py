@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import pytest
 
-from tests.study_helpers import json_out, small_space, study
+from tests.helpers import json_out, small_space, study
 
 STACK_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
               "AWS_SHARED_CREDENTIALS_FILE", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL",

@@ -1,5 +1,9 @@
-"""Helpers for the integration tests of `study run`: a real `study` process, small spaces, and
-reading what MLflow holds."""
+"""Helpers shared by the test files (fixtures live in the conftest.py files): small models and
+images for the mathematics; for the integration tests a real `study` process, small spaces, the
+embedded default's environment, and reading what MLflow, Optuna and Tune hold.
+
+Heavy libraries (torch, mlflow, optuna) are imported where used, so that importing this module is
+cheap for every test."""
 from __future__ import annotations
 
 import json
@@ -7,11 +11,53 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
-from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: The bucket that the `mlflow_server` fixture proxies artifacts to (under the ``mlflow/`` prefix).
+MLFLOW_BUCKET = "vamp-mlflow"
+
+#: Where a study's parts go, as the environment says (study.settings); a test sets its own.
+LOCATION_VARIABLES = ("MLFLOW_TRACKING_URI", "STUDY_HOME", "STUDY_OPTUNA_STORAGE", "STUDY_STORAGE", "RAY_ADDRESS")
+
+# --------------------------------------------------------------------------- models and images
+
+BINARY = SimpleNamespace(shape=(1, 28, 28), likelihood="bernoulli", pseudoinput_mean=0.05, pseudoinput_std=0.01)
+GRAY = SimpleNamespace(shape=(1, 28, 20), likelihood="logistic", pseudoinput_mean=0.5, pseudoinput_std=0.02)
+
+
+def images(spec, n, seed=0):
+    """`n` random images of `spec`'s shape: binary, or gray levels at bin centres."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    d = spec.shape[0] * spec.shape[1] * spec.shape[2]
+    x = torch.rand(n, d, generator=g)
+    return torch.bernoulli(x, generator=g) if spec.likelihood == "bernoulli" else (torch.floor(x * 256) + 0.5) / 256
+
+
+def small(model, prior, spec=BINARY, **kw):
+    """A small model of the paper's families (K=6, 32 hidden units), seeded."""
+    import torch
+
+    from trainables.config import TrainConfig
+    from trainables.models import build_model
+
+    torch.manual_seed(0)
+    config = TrainConfig(model=model, prior=prior, K=6, hidden=32, z1_size=5, z2_size=4, **kw)
+    return build_model(config, spec, images(spec, 20, seed=1))
+
+# --------------------------------------------------------------------------- the study command
+
+
+def embedded_env(folder: Path, data_cache: Path) -> dict[str, str]:
+    """The environment of a study on the embedded default under `folder`/studies, with the data
+    from the session's cache and nothing from the caller's locations."""
+    return {**{name: "" for name in LOCATION_VARIABLES}, "STUDY_HOME": str(folder / "studies"),
+            "STUDY_CACHE_DIR": str(data_cache), "STUDY_DATA_MIRROR": ""}
 
 
 def small_space(folder: Path, name: str = "tiny", **overrides) -> Path:
@@ -40,16 +86,22 @@ def small_space(folder: Path, name: str = "tiny", **overrides) -> Path:
     return path
 
 
-def study(*args, env: dict, timeout: float = 900, **popen) -> subprocess.CompletedProcess:
+def _environment(env: dict | None) -> dict[str, str]:
+    """The caller's environment without its locations (LOCATION_VARIABLES), plus `env`."""
+    return {**{k: v for k, v in os.environ.items() if k not in LOCATION_VARIABLES}, **(env or {})}
+
+
+def study(*args, env: dict | None = None, timeout: float = 900, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """A real `study` process, run to its end."""
     return subprocess.run([sys.executable, "-m", "study", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=timeout, cwd=popen.get("cwd"))
+                          env=_environment(env), timeout=timeout, cwd=cwd)
 
 
 def study_process(*args, env: dict, log: Path) -> subprocess.Popen:
     """A `study` process in the background (for interrupting it)."""
     out = open(log, "w")
     return subprocess.Popen([sys.executable, "-m", "study", *map(str, args)], stdout=out,
-                            stderr=subprocess.STDOUT, env={**os.environ, **env}, text=True)
+                            stderr=subprocess.STDOUT, env=_environment(env), text=True)
 
 
 def json_out(result: subprocess.CompletedProcess) -> dict:
@@ -61,6 +113,8 @@ class Tracked:
     """What MLflow holds about one study."""
 
     def __init__(self, tracking_uri: str, study: str):
+        from mlflow import MlflowClient
+
         self.client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
         experiment = self.client.get_experiment_by_name(study)
         assert experiment is not None, f"no experiment {study}"

@@ -1,8 +1,6 @@
 """Session-scoped fixtures that start the real servers of :mod:`study.servers` once per test
 session on 127.0.0.1 and stop them at teardown (also when tests fail).
 
-Register with ``pytest_plugins = ["tests.server_fixtures"]`` in conftest.py.
-
 - ``postgres_server``: a private PostgreSQL cluster (role ``vamp``, database ``mlflow``).
 - ``s3_server``: moto's S3 server with fixed credentials.
 - ``mlflow_server``: MLflow tracking server, backend store in ``postgres_server``, artifacts
@@ -18,8 +16,7 @@ import pytest
 
 from study.servers import MlflowServer, PostgresServer, S3Server
 
-MLFLOW_BUCKET = "vamp-mlflow"
-"""The bucket that ``mlflow_server`` proxies artifacts to (under the ``mlflow/`` prefix)."""
+from tests.helpers import MLFLOW_BUCKET, embedded_env
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +64,9 @@ def mlflow_server(postgres_server: PostgresServer, s3_server: S3Server, servers_
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path, data_cache: Path) -> dict[str, str]:
+    """The environment of a study on the embedded default under tmp_path/studies."""
+    return embedded_env(tmp_path, data_cache)

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.study_helpers import (Tracked, json_out, optuna_groups, overlap, result_lines, small_space, study,
+from tests.helpers import (Tracked, embedded_env, json_out, optuna_groups, overlap, result_lines, small_space, study,
                                  study_process)
 
 BUDGET = 3
@@ -36,8 +36,7 @@ def engine_study(cluster, data_cache, tmp_path_factory):
     from mlflow import MlflowClient
 
     folder = tmp_path_factory.mktemp("engine")
-    env = {"STUDY_HOME": str(folder / "studies"), "STUDY_CACHE_DIR": str(data_cache), "STUDY_DATA_MIRROR": "",
-           "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", "STUDY_STORAGE": "", "STUDY_OPTUNA_STORAGE": ""}
+    env = embedded_env(folder, data_cache)
     tracking_uri = f"sqlite:///{folder}/studies/mlflow.db"
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     client.create_registered_model("static_mnist-vae-standard")
@@ -146,8 +145,7 @@ def _trial_workers() -> list[psutil.Process]:
 def _kill_the_worker_mid_trial(cluster, data_cache, tmp_path, name: str, retries: int):
     """Run a one-trial study of 8 epochs, SIGKILL its worker after epoch 3; returns the study's
     exit code, its env, its space file and its log."""
-    env = {"STUDY_HOME": str(tmp_path / "studies"), "STUDY_CACHE_DIR": str(data_cache), "STUDY_DATA_MIRROR": "",
-           "MLFLOW_TRACKING_URI": "", "RAY_ADDRESS": "", "STUDY_STORAGE": "", "STUDY_OPTUNA_STORAGE": ""}
+    env = embedded_env(tmp_path, data_cache)
     space = small_space(tmp_path, name=name, space={"lr": [5.0e-4], "priors": {"standard": {}}},
                         fixed={"epochs": 8, "warmup": 2, "patience": 0, "hidden": 64, "train_limit": 1000},
                         search={"seed": 0, "trials_per_group": 1, "retries": retries})

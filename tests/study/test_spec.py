@@ -9,7 +9,7 @@ from study import search
 from study.spec import IntLogUniform, LogUniform, StudySpec, load_space, parse_space
 from trainables.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPACES = ROOT / "search_spaces"
 BAD = Path(__file__).resolve().parent / "spaces" / "bad"
 PAPER_MODELS = ["vae", "hvae", "convhvae", "pixelhvae"]

@@ -88,7 +88,7 @@ def distributions(spec: StudySpec, prior: str) -> dict[str, BaseDistribution]:
         "lr": FloatDistribution(lr.low, lr.high, log=True) if isinstance(lr, LogUniform)
         else CategoricalDistribution(list(lr))}
     if prior in MIXTURE_PRIORS:
-        K = spec.space.priors[prior].K or [TrainConfig().K]  # K left out: TrainConfig's default
+        K = spec.space.priors[prior].K
         chosen["K"] = (IntDistribution(K.low, K.high, log=True) if isinstance(K, IntLogUniform)
                        else CategoricalDistribution(list(K)))
     return chosen

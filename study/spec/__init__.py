@@ -16,10 +16,11 @@
     tracking: {uri: null}
     storage: {path: null}
 
-Three jobs, one module each: ``_loading`` reads the file (:func:`load_space`), ``_schema`` is the
-frozen :class:`StudySpec` whose fields carry the rules, ``_messages`` words pydantic's errors as
-"file: dotted.field: what is allowed". :mod:`study.search` turns a spec into groups and trial
-configs. Credentials are never part of the file.
+Three jobs, each in its own module: ``_loading`` reads the file (:func:`load_space`); ``_schema``
+is the frozen :class:`StudySpec`, whose fields carry the rules (those beyond a bound are in
+``_rules``); ``_messages`` words pydantic's errors as "file: dotted.field: what is allowed".
+:mod:`study.search` turns a spec into groups and trial configs. Credentials are never part of
+the file.
 """
 from study.spec._loading import load_space, parse_space
 from study.spec._schema import (EarlyStopping, Evaluation, Fixed, IntLogUniform, LogUniform, PriorOptions, Resources,

@@ -20,13 +20,16 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
             self.flatten_mapping(node)
-            seen = []
+            seen: set[str] = set()
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, str):
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"a key must be a name, got {key!r} (quote it if it is one)", key_node.start_mark)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
                         None, None, f"duplicate key {key!r} (each key may appear once)", key_node.start_mark)
-                seen.append(key)
+                seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 

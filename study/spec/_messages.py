@@ -1,8 +1,8 @@
 """pydantic's errors as the user's lines: ``file: dotted.field: what is allowed``.
 
-Messages of our own rules (:mod:`study.spec._schema`) are used as they are; pydantic's built-in
+Messages of our own rules (:mod:`study.spec._rules`) are used as they are; pydantic's built-in
 errors are worded here, asking the section that holds the field what it accepts. A value is shown
-as the user wrote it (YAML-ish), never through ``repr`` of a Python object.
+as the user wrote it (YAML-ish), shortened.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from study.spec._rules import UNION_TAGS
 from study.spec._schema import StudySpec, _Section
 
 _TYPE_WORDS = {
@@ -31,24 +32,36 @@ def show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (str, int, float)):
-        return repr(value)
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
     if isinstance(value, Mapping):
         return "a mapping"
     if isinstance(value, (list, tuple)):
         if len(value) <= 6 and all(v is None or isinstance(v, (str, int, float, bool)) for v in value):
             return "[" + ", ".join(show(v) for v in value) + "]"
         return "a list"
-    return type(value).__name__
+    return "a value of another kind"
 
 
 def lines(label: str, error: ValidationError) -> list[str]:
     """One line per problem, in the order pydantic found them, each once."""
-    return list(dict.fromkeys(f"{label}: {_path(e)}: {_text(e)}" for e in error.errors(include_url=False)))
+    return list(dict.fromkeys(f"{label}: {_path(e)}: {_text(e)}" for e in _relevant(error.errors(include_url=False))))
+
+
+def _relevant(errors: list[dict]) -> list[dict]:
+    """Without what follows from another error: the value under a key that is itself refused (a
+    prior that does not exist; its value may be a secret), and a field "missing" beside a key
+    that is not allowed (the user misspelled it: one line, with did-you-mean)."""
+    refused = {tuple(e["loc"][:-1]) for e in errors if e["loc"][-1:] == ("[key]",)}
+    misspelt = {tuple(e["loc"][:-1]) for e in errors if e["type"] == "extra_forbidden"}
+    return [e for e in errors if e["loc"][-1:] == ("[key]",)
+            or not any(tuple(e["loc"][:len(r)]) == r for r in refused)
+            and not (e["type"] == "missing" and tuple(e["loc"][:-1]) in misspelt)]
 
 
 def _keys(loc: tuple) -> tuple:
-    """The keys the user wrote: without union members ("(range)") and dict-key markers."""
-    return tuple(part for part in loc if not (isinstance(part, str) and part[:1] == "(" or part == "[key]"))
+    """The keys the user wrote: without the members of unions and the dict-key marker."""
+    return tuple(part for part in loc if part not in UNION_TAGS and part != "[key]")
 
 
 def _path(error: dict) -> str:
@@ -91,13 +104,20 @@ def _section_at(keys: tuple) -> tuple[type[_Section], Any]:
     prior: the prior's name)."""
     section: type[_Section] = StudySpec
     parent: Any = None
+    mapping = False  # the next key is a key of a mapping field (a prior's name, a model's)
     for key in keys:
-        info = section.model_fields.get(key) if isinstance(key, str) else None
-        if info is None:  # a key of a mapping, e.g. a prior's name
-            parent = key
+        if mapping:
+            parent, mapping = key, False
             continue
-        section, parent = _model_in(info.annotation) or section, key
+        info = section.model_fields.get(key) if isinstance(key, str) else None
+        if info is None:
+            break
+        section, parent, mapping = _model_in(info.annotation) or section, key, _holds_mapping(info.annotation)
     return section, parent
+
+
+def _holds_mapping(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is dict or any(_holds_mapping(a) for a in typing.get_args(annotation))
 
 
 def _model_in(annotation: Any) -> type[_Section] | None:

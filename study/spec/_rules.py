@@ -69,11 +69,11 @@ class OneOf:
         return value
 
 
-def not_empty(what: Callable[[], str]) -> Callable:
-    """A list or mapping must hold something; `what` says what it may hold."""
+def not_empty(names: Callable[[], list[str]]) -> Callable:
+    """The models or priors of a study: at least one of `names` (looked up when needed)."""
     def check(value):
         if not value:
-            raise PydanticCustomError("empty", f"the space is empty: list at least one of {what()}")
+            raise PydanticCustomError("empty", f"the space is empty: list at least one of {listing(names())}")
         return value
     return check
 
@@ -81,7 +81,7 @@ def not_empty(what: Callable[[], str]) -> Callable:
 def listed_once(values: list) -> list:
     for i, value in enumerate(values):
         if value in values[:i]:
-            raise PydanticCustomError("listed_twice", f"{value!r} is listed twice", {"at": f"[{i}]"})
+            raise PydanticCustomError("listed_twice", "{value} is listed twice", {"at": f"[{i}]", "value": repr(value)})
     return values
 
 
@@ -135,15 +135,20 @@ def no_password(value: str | None) -> str | None:
     return value
 
 
+#: The members of the schema's unions: pydantic puts them in an error's location, the user never
+#: wrote them (study.spec._messages leaves them out).
+RANGE, LIST, ONE, PER_MODEL = UNION_TAGS = ("(range)", "(list)", "(one)", "(per model)")
+
+
 def shape(value: Any) -> str | None:
     """The member of a range-or-list union that `value` is written as (None: neither)."""
     if isinstance(value, (Mapping, BaseModel)):
-        return "(range)"
-    return "(list)" if isinstance(value, list) else None
+        return RANGE
+    return LIST if isinstance(value, list) else None
 
 
 def one_or_per_model(value: Any) -> str:
-    return "(per model)" if isinstance(value, Mapping) else "(one)"
+    return PER_MODEL if isinstance(value, Mapping) else ONE
 
 
 def distinct_list(item: Any, empty: str) -> Any:

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
                       model_validator)
 from pydantic_core import PydanticCustomError
 
-from study.spec._rules import (CREDENTIALS_HINT, SECRET_KEY, OneOf, dataset_names, did_you_mean, distinct_list,
-                               int_range, listed_once, listing, log_range, model_names, no_password, none_is_empty,
-                               not_empty, one_or_per_model, positive, prior_names, shape, study_name,
-                               whole_above_one)
+from study.spec._rules import (CREDENTIALS_HINT, LIST, ONE, PER_MODEL, RANGE, SECRET_KEY, OneOf, dataset_names,
+                               did_you_mean, distinct_list, int_range, listed_once, listing, log_range, model_names,
+                               no_password, none_is_empty, not_empty, one_or_per_model, positive, prior_names, shape,
+                               study_name, whole_above_one)
 from trainables.config import MIXTURE_PRIORS, TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -31,9 +31,6 @@ class _Section(BaseModel):
     """A mapping of the file. Asked by the message formatter what it accepts."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-    #: Notes on unknown keys a user is likely to write here, by key.
-    notes: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def allowed(cls, parent: Any) -> list[str]:
@@ -50,8 +47,8 @@ class _Section(BaseModel):
 
     @classmethod
     def hint(cls, key: Any, parent: Any) -> str:
-        """A note for a user who wrote the unknown `key` here (empty: none)."""
-        return cls.notes.get(key, "")
+        """Advice for a user who wrote the unknown `key` here (empty: none)."""
+        return ""
 
     @classmethod
     def describe(cls, field: str) -> str:
@@ -59,13 +56,24 @@ class _Section(BaseModel):
         info = cls.model_fields.get(field)
         if info is None:
             return ""
-        return "; ".join(filter(None, [info.description, *(f"e.g. {e}" for e in info.examples or [])]))
+        examples = f"e.g. {' or '.join(info.examples)}" if info.examples else ""
+        return "; ".join(filter(None, [info.description, examples]))
 
 
 class _Range(_Section):
+    """``{loguniform: [low, high]}``-like: one field, the range's kind."""
+
     @classmethod
     def unknown_field(cls, key: Any, parent: Any) -> str:
-        return f"unknown form; allowed: {{{next(iter(cls.model_fields))}: [low, high]}}, or a list of values"
+        return f"unknown form; allowed: {cls.form()}"
+
+    @classmethod
+    def describe(cls, field: str) -> str:
+        return f"write {cls.form()}"
+
+    @classmethod
+    def form(cls) -> str:
+        return f"{{{next(iter(cls.model_fields))}: [low, high]}}, or a list of values"
 
 
 class LogUniform(_Range):
@@ -103,18 +111,18 @@ _COUNTS = distinct_list(Annotated[int, Field(ge=1)], "empty list; K must be a no
                         "e.g. [500], or {int_loguniform: [low, high]}")
 
 LearningRates = Annotated[
-    Union[Annotated[LogUniform, Tag("(range)")], Annotated[_RATES, Tag("(list)")]],
+    Union[Annotated[LogUniform, Tag(RANGE)], Annotated[_RATES, Tag(LIST)]],
     Discriminator(shape, custom_error_type="form", custom_error_message=(
         "must be either {loguniform: [low, high]} with 0 < low < high, or a non-empty list of positive numbers"))]
 
 Components = Annotated[
-    Union[Annotated[IntLogUniform, Tag("(range)")], Annotated[_COUNTS, Tag("(list)")]],
+    Union[Annotated[IntLogUniform, Tag(RANGE)], Annotated[_COUNTS, Tag(LIST)]],
     Discriminator(shape, custom_error_type="form",
                   custom_error_message="must be a list, e.g. [500], or {int_loguniform: [low, high]}")]
 
 
 class PriorOptions(_Section):
-    """The options of one prior in the space: K for mixture priors (None: TrainConfig's default),
+    """The options of one prior in the space: K for mixture priors (left out: TrainConfig's K),
     and `trials`, which overrides ``search.trials_per_group`` for this prior's groups."""
 
     K: Components | None = None
@@ -134,23 +142,27 @@ NO_COMPONENTS = ("the {prior} prior has no components, so K is not allowed (K ap
 PriorName = Annotated[str, AfterValidator(OneOf("prior", prior_names))]
 
 
+def _components(priors: dict[str, PriorOptions]) -> dict[str, PriorOptions]:
+    """K belongs to mixture priors only; a mixture prior without K searches TrainConfig's K."""
+    for name, options in priors.items():
+        if options.K is not None and name not in MIXTURE_PRIORS:
+            raise PydanticCustomError("no_components", NO_COMPONENTS.format(prior=name), {"at": f"{name}.K"})
+    return {name: options.model_copy(update={"K": [_DEFAULTS.K]}) if name in MIXTURE_PRIORS and options.K is None
+            else options for name, options in priors.items()}
+
+
 class Space(_Section):
     """What each group's sampler searches: the learning rate, and K for mixture priors."""
 
     lr: LearningRates = Field(examples=["{loguniform: [1.0e-4, 5.0e-4]}", "[5.0e-4]"])
     priors: Annotated[dict[PriorName, Annotated[PriorOptions, BeforeValidator(none_is_empty)]],
-                      AfterValidator(not_empty(lambda: listing(prior_names())))] = Field(
+                      AfterValidator(not_empty(prior_names)), AfterValidator(_components)] = Field(
         description="each prior's name -> its options", examples=["{standard: {}, vampprior: {K: [500]}}"])
 
-    notes = {"K": "K goes under a mixture prior: space.priors.<prior>.K"}
+    @classmethod
+    def hint(cls, key: Any, parent: Any) -> str:
+        return "K goes under a mixture prior: space.priors.<prior>.K" if key == "K" else ""
 
-    @model_validator(mode="after")
-    def _K_only_for_mixtures(self) -> "Space":
-        for name, options in self.priors.items():
-            if options.K is not None and name not in MIXTURE_PRIORS:
-                raise PydanticCustomError("no_components", NO_COMPONENTS.format(prior=name),
-                                          {"at": f"priors.{name}.K"})
-        return self
 
 
 class Fixed(_Section):
@@ -182,8 +194,10 @@ class Search(_Section):
     max_concurrent: int | None = Field(None, ge=1)
     retries: int = Field(2, ge=0, le=100)
 
-    notes = {"trials_per_model": "the budget is per (model, prior) group now: search.trials_per_group "
-                                 "(or trials under a prior in space.priors)"}
+    @classmethod
+    def hint(cls, key: Any, parent: Any) -> str:
+        return ("the budget is per (model, prior) group now: search.trials_per_group (or trials under a prior in "
+                "space.priors)" if key == "trials_per_model" else "")
 
 
 class EarlyStopping(_Section):
@@ -199,7 +213,7 @@ GpuShare = Annotated[float, Field(ge=0), AfterValidator(whole_above_one)]
 
 def _per_model(share: Any) -> Any:
     """One number for every model, or a mapping model -> number."""
-    return Annotated[Union[Annotated[share, Tag("(one)")], Annotated[dict[str, share], Tag("(per model)")]],
+    return Annotated[Union[Annotated[share, Tag(ONE)], Annotated[dict[str, share], Tag(PER_MODEL)]],
                      Discriminator(one_or_per_model)]
 
 
@@ -248,8 +262,8 @@ class StudySpec(_Section):
         description="the study name (MLflow experiment, storage folder): 1-64 letters, digits, '_', '.', '-'")
     dataset: Annotated[str, AfterValidator(OneOf("dataset", dataset_names))]
     models: Annotated[list[Annotated[str, AfterValidator(OneOf("model", model_names))]],
-                      AfterValidator(not_empty(lambda: listing(model_names()))), AfterValidator(listed_once)]
-    space: Space = Field(description="a mapping with lr and priors",
+                      AfterValidator(not_empty(model_names)), AfterValidator(listed_once)]
+    space: Space = Field(description="what to search: lr and priors",
                          examples=["{lr: {loguniform: [1.0e-4, 5.0e-4]}, priors: {standard: {}}}"])
     fixed: _section(Fixed) = Fixed()
     search: _section(Search) = Search()
@@ -284,8 +298,9 @@ class StudySpec(_Section):
                 continue
             for model in per_model:
                 if model not in self.models:
-                    raise PydanticCustomError("not_in_study", f"{model!r} is not a model of this study; its models: "
-                                              f"{', '.join(self.models)}", {"at": f"resources.{field}.{model}"})
+                    raise PydanticCustomError(
+                        "not_in_study", "{model} is not a model of this study; its models: {models}",
+                        {"at": f"resources.{field}.{model}", "models": ", ".join(self.models), "model": repr(model)})
             missing = [m for m in self.models if m not in per_model]
             if missing:
                 raise PydanticCustomError("incomplete", "give every model of the study a value (missing: "

@@ -143,6 +143,33 @@ def test_rules_beyond_the_bad_corpus(field: str, value, message: str) -> None:
     assert f"<spec>: {message}" in str(info.value)
 
 
+def test_a_mixture_prior_without_K_is_the_same_study_as_K_500() -> None:
+    """What a resume compares: leaving K out and writing TrainConfig's K are one spec."""
+    left_out = _spec(space={"lr": [1e-4], "priors": {"vampprior": {}}})
+    written = _spec(space={"lr": [1e-4], "priors": {"vampprior": {"K": [500]}}})
+    assert left_out == written and left_out.space.priors["vampprior"].K == [500]
+
+
+def test_what_follows_from_another_error_is_not_reported() -> None:
+    """A refused prior's value is not read (it may be a secret); a misspelt key is one line."""
+    with pytest.raises(InputError) as info:
+        _spec(space={"lr": [1e-4], "priors": {"standard": {}, "api_key": "s3cret"}})
+    assert str(info.value).count("\n") == 0 and "s3cret" not in str(info.value)
+    with pytest.raises(InputError) as info:
+        _spec(space={"lr": {"logunifrom": [1e-4, 1e-3]}, "priors": {"standard": {}}})
+    assert str(info.value).splitlines() == ["<spec>: space.lr.logunifrom: unknown form; allowed: "
+                                            "{loguniform: [low, high]}, or a list of values"]
+
+
+@pytest.mark.parametrize("line", ["true: 1", "1: x", "null: 2"])
+def test_a_key_that_is_not_a_name_is_refused_with_its_line(tmp_path: Path, line: str) -> None:
+    path = tmp_path / "k.yaml"
+    path.write_text("name: k\ndataset: static_mnist\nmodels: [vae]\nspace: {lr: [1.0e-4], priors: {standard: {}}}\n"
+                    f"{line}\n")
+    with pytest.raises(InputError, match=r"k\.yaml: line 5: invalid YAML \(a key must be a name"):
+        load_space(path)
+
+
 # --------------------------------------------------------------------------- bad files
 
 

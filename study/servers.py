@@ -460,11 +460,6 @@ class PostgresServer(Service):
             f"@{HOST}:{self.port}/{database}"
         )
 
-    @property
-    def conninfo(self) -> dict[str, Any]:
-        """Keyword arguments for ``psycopg.connect`` over TCP with the role's password."""
-        return {"host": HOST, "port": self.port, "user": self.user, "password": self.password, "dbname": self.database}
-
     # -- commands
     def _run(self, *args: str) -> None:
         kwargs = _as_postgres_user()
@@ -651,13 +646,6 @@ class S3Server(Service):
             client.create_bucket(Bucket=name)
         except client.exceptions.BucketAlreadyOwnedByYou:
             pass
-
-    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
-        """All object keys in ``bucket`` under ``prefix``, sorted."""
-        keys: list[str] = []
-        for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            keys.extend(item["Key"] for item in page.get("Contents", []))
-        return sorted(keys)
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), "access_key": self.access_key, "secret_key": self.secret_key}

@@ -50,6 +50,22 @@ def small(model, prior, spec=BINARY, **kw):
     config = TrainConfig(model=model, prior=prior, K=6, hidden=32, z1_size=5, z2_size=4, **kw)
     return build_model(config, spec, images(spec, 20, seed=1))
 
+# --------------------------------------------------------------------------- servers
+
+
+def pg_connect_args(server, **changes) -> dict:
+    """Keyword arguments for ``psycopg.connect`` to a PostgresServer over TCP with its role's password."""
+    return {"host": "127.0.0.1", "port": server.port, "user": server.user, "password": server.password,
+            "dbname": server.database, **changes}
+
+
+def s3_keys(server, bucket: str, prefix: str = "") -> list[str]:
+    """All object keys in `bucket` under `prefix` of an S3Server, sorted."""
+    keys: list[str] = []
+    for page in server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend(item["Key"] for item in page.get("Contents", []))
+    return sorted(keys)
+
 # --------------------------------------------------------------------------- the study command
 
 

@@ -23,6 +23,7 @@ from study.servers import (
     process_start_time,
     stop_pid,
 )
+from tests.helpers import pg_connect_args, s3_keys
 
 def _bucket(server: MlflowServer) -> str:
     """The bucket of an MLflow server's ``s3://bucket/prefix`` artifacts destination."""
@@ -73,7 +74,7 @@ def test_postgres_accepts_password_and_refuses_wrong_one(postgres_server: Postgr
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(host=url.host, port=url.port, user=url.username, password="wrong", dbname=url.database)
     # Only 127.0.0.1: the server does not listen on the other addresses.
-    listen = psycopg.connect(**postgres_server.conninfo).execute("SHOW listen_addresses").fetchone()[0]
+    listen = psycopg.connect(**pg_connect_args(postgres_server)).execute("SHOW listen_addresses").fetchone()[0]
     assert listen == HOST
 
 # --------------------------------------------------------------------------- S3
@@ -84,8 +85,8 @@ def test_s3_boto3_put_and_list(s3_server: S3Server):
     client = s3_server.client()
     for key in ("a/1.txt", "a/2.txt", "b/3.txt"):
         client.put_object(Bucket="put-list", Key=key, Body=key.encode())
-    assert s3_server.list_keys("put-list") == ["a/1.txt", "a/2.txt", "b/3.txt"]
-    assert s3_server.list_keys("put-list", prefix="a/") == ["a/1.txt", "a/2.txt"]
+    assert s3_keys(s3_server, "put-list") == ["a/1.txt", "a/2.txt", "b/3.txt"]
+    assert s3_keys(s3_server, "put-list", prefix="a/") == ["a/1.txt", "a/2.txt"]
     assert client.get_object(Bucket="put-list", Key="b/3.txt")["Body"].read() == b"b/3.txt"
     env = s3_server.env()
     assert env["AWS_ENDPOINT_URL"] == env["MLFLOW_S3_ENDPOINT_URL"] == s3_server.endpoint_url
@@ -104,7 +105,7 @@ def test_s3_pyarrow_filesystem_roundtrip(s3_server: S3Server):
         out.write(payload)
     with s3.open_input_stream("arrow/ray/ckpt/data.bin") as src:
         assert src.read() == payload
-    assert s3_server.list_keys("arrow", prefix="ray/") == ["ray/ckpt/data.bin"]
+    assert s3_keys(s3_server, "arrow", prefix="ray/") == ["ray/ckpt/data.bin"]
 
 # --------------------------------------------------------------------------- MLflow
 
@@ -131,11 +132,11 @@ def test_mlflow_run_goes_to_postgres_and_artifact_to_s3(
     back = Path(client.download_artifacts(run_id, "hello.txt", dst_path=str(tmp_path / "down")))
     assert back.read_text() == "hello from the test"
 
-    with psycopg.connect(**postgres_server.conninfo) as conn:
+    with psycopg.connect(**pg_connect_args(postgres_server)) as conn:
         row = conn.execute("SELECT name, experiment_id, status FROM runs WHERE run_uuid = %s", (run_id,)).fetchone()
     assert row == ("servers-test-run", int(experiment_id), "FINISHED")
 
-    keys = s3_server.list_keys(_bucket(mlflow_server), prefix="mlflow/")
+    keys = s3_keys(s3_server, _bucket(mlflow_server), prefix="mlflow/")
     assert f"mlflow/{experiment_id}/{run_id}/artifacts/hello.txt" in keys
 
 def test_mlflow_server_rejects_foreign_host_header(mlflow_server: MlflowServer):
@@ -200,7 +201,7 @@ def test_local_stack_state_roundtrip_and_stop_from_state(tmp_path: Path, monkeyp
         assert env["AWS_ENDPOINT_URL"] == stack.s3.endpoint_url
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"} <= env.keys()
         assert stack.storage_uri == "s3://vamp-study/ray"
-        assert stack.s3.list_keys("vamp-study") == []  # the bucket exists
+        assert s3_keys(stack.s3, "vamp-study") == []  # the bucket exists
         state_path = stack.save_state()
         assert oct(state_path.stat().st_mode & 0o777) == "0o600"
         for service in stack.services:

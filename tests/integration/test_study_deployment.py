@@ -6,8 +6,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.helpers import MLFLOW_BUCKET
-from tests.helpers import Tracked, json_out, small_space, study
+from tests.helpers import MLFLOW_BUCKET, Tracked, json_out, pg_connect_args, s3_keys, small_space, study
 
 AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
             "MLFLOW_S3_ENDPOINT_URL")
@@ -25,20 +24,20 @@ def test_remote_tracking_server_postgres_and_s3_storage(home, tmp_path, s3_serve
     assert postgres_server.password not in result["optuna_storage"]
 
     # the study's record, Ray's experiment state and checkpoints are in the bucket
-    ray_keys = s3_server.list_keys("vamp-ray", "studies/remote/")
+    ray_keys = s3_keys(s3_server, "vamp-ray", "studies/remote/")
     assert "studies/remote/study.json" in ray_keys
     assert any(k.startswith("studies/remote/run-1/experiment_state") for k in ray_keys)
     assert any(k.endswith("/checkpoint.pt") for k in ray_keys)
     # the groups' Optuna studies are in the deployment's PostgreSQL
-    with psycopg.connect(**{**postgres_server.conninfo, "dbname": "optuna"}) as db:
+    with psycopg.connect(**pg_connect_args(postgres_server, dbname="optuna")) as db:
         studies = {row[0] for row in db.execute("select study_name from studies")}
     assert studies == {"remote/vae+standard", "remote/vae+vampprior"}
     # MLflow's runs are in PostgreSQL, its artifacts (registered weights) in S3
-    with psycopg.connect(**postgres_server.conninfo) as db:
+    with psycopg.connect(**pg_connect_args(postgres_server)) as db:
         names = {row[0] for row in db.execute("select name from runs where status = 'FINISHED'")}
     t = Tracked(mlflow_server.tracking_uri, "remote")
     assert {r.info.run_name for r in t.trials + t.parents} <= names and len(t.trials) == 4
-    mlflow_keys = s3_server.list_keys(MLFLOW_BUCKET, "mlflow/")
+    mlflow_keys = s3_keys(s3_server, MLFLOW_BUCKET, "mlflow/")
     assert sum(k.endswith("model/weights.pt") for k in mlflow_keys) == len(t.trials)  # every trial's best weights
     assert sum(k.endswith("figures/generations.png") for k in mlflow_keys) == len(result["champions"])
 

@@ -11,7 +11,6 @@ from trainables.data import BINARIZATION_SEED, DATASETS, load_dataset
 from trainables.data.splits import (
     BINS256,
     BYTES,
-    ENCODINGS,
     binarize_once,
     fortran_rows_to_c,
     shuffled,
@@ -67,7 +66,6 @@ def test_encodings_decode_to_float32_unit_interval() -> None:
     np.testing.assert_array_equal(bins[0], (np.arange(256) + 0.5) / 256)
     assert bins.min() == 1 / 512 and bins.max() == 1 - 1 / 512
     np.testing.assert_array_equal(BYTES.decode(k)[0, [0, 255]], [0.0, 1.0])
-    assert set(ENCODINGS) == {"binary", "bytes", "bins256", "unit_float"}
 
 
 def test_to_bins256_edges() -> None:

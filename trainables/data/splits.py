@@ -10,7 +10,7 @@ Fixed seeds (independent of any trial seed, so every trial trains and scores on 
   ``np.random.seed(777)``: ``np.random.default_rng([BINARIZATION_SEED, stream]).binomial(1, p)``
   with ``stream`` 1 for validation and 2 for test.
 
-Encodings (:data:`ENCODINGS`) say how a split is stored in the cache and how it is turned into
+Encodings (:data:`BINARY`, :data:`BYTES`, :data:`BINS256`, :data:`UNIT_FLOAT`) say how a split is stored in the cache and how it is turned into
 model values (float32 in [0, 1]).
 """
 
@@ -70,8 +70,6 @@ BINS256 = Encoding(
 UNIT_FLOAT = Encoding(
     "unit_float", "float32", _decode_unit_float, "float32 in [0,1]; model value = stored value"
 )
-
-ENCODINGS: dict[str, Encoding] = {e.name: e for e in (BINARY, BYTES, BINS256, UNIT_FLOAT)}
 
 
 class StoredSplits(NamedTuple):

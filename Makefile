@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # Use the dataset mirror beside the clone when there is one (machines without internet).
 export STUDY_DATA_MIRROR ?= $(abspath $(wildcard ../shared/datasets))
 
-.PHONY: install system-deps first-run test clean
+.PHONY: install system-deps first-run test test-fast clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ system-deps:
 
 test: install system-deps
 	$(BIN)/python -m pytest tests -q --durations=15
+
+# The unit layer (the mathematics, the rules, the deployment files): under a minute, no servers.
+test-fast: install
+	$(BIN)/python -m pytest tests/trainables tests/study tests/infra -q
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -80,13 +80,9 @@ def _text(error: dict) -> str:
         section, parent = _section_at(keys[:-1])
         return section.unknown_field(keys[-1], parent)
     if kind == "missing":
-        section, _ = _section_at(keys[:-1])
-        hint = section.describe(keys[-1])
-        return "required field is missing" + (f"; {hint}" if hint else "")
+        return "required field is missing" + _what_it_holds(keys)
     if kind in _TYPE_WORDS:
-        section, _ = _section_at(keys[:-1])
-        hint = section.describe(keys[-1]) if keys else ""
-        return f"must be {_TYPE_WORDS[kind]}, got {show(value)}" + (f"; {hint}" if hint else "")
+        return f"must be {_TYPE_WORDS[kind]}, got {show(value)}" + _what_it_holds(keys)
     if kind in _BOUNDS:
         bound = next(v for k, v in ctx.items() if k in ("ge", "gt", "le", "lt"))
         return f"must be {_BOUNDS[kind]} {int(bound) if float(bound).is_integer() else bound}, got {show(value)}"
@@ -97,6 +93,12 @@ def _text(error: dict) -> str:
     if kind == "form":
         return f"{error['msg']}, got {show(value)}"
     return error["msg"]
+
+
+def _what_it_holds(keys: tuple) -> str:
+    """What the field at `keys` holds, as its section describes it, as a "; ..." suffix (or "")."""
+    hint = _section_at(keys[:-1])[0].describe(keys[-1]) if keys else ""
+    return f"; {hint}" if hint else ""
 
 
 def _section_at(keys: tuple) -> tuple[type[_Section], Any]:

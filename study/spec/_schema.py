@@ -75,19 +75,22 @@ class _Range(_Section):
     def form(cls) -> str:
         return f"{{{next(iter(cls.model_fields))}: [low, high]}}, or a list of values"
 
+    @property
+    def low(self) -> Any:
+        return self._bounds()[0]
+
+    @property
+    def high(self) -> Any:
+        return self._bounds()[1]
+
+    def _bounds(self) -> list:
+        return getattr(self, next(iter(type(self).model_fields)))
+
 
 class LogUniform(_Range):
     """A float sampled log-uniformly in [low, high]: ``{loguniform: [low, high]}``."""
 
     loguniform: Annotated[list[float], Field(min_length=2, max_length=2), AfterValidator(log_range)]
-
-    @property
-    def low(self) -> float:
-        return self.loguniform[0]
-
-    @property
-    def high(self) -> float:
-        return self.loguniform[1]
 
 
 class IntLogUniform(_Range):
@@ -95,14 +98,6 @@ class IntLogUniform(_Range):
 
     int_loguniform: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2),
                               AfterValidator(int_range)]
-
-    @property
-    def low(self) -> int:
-        return self.int_loguniform[0]
-
-    @property
-    def high(self) -> int:
-        return self.int_loguniform[1]
 
 
 _RATES = distinct_list(Annotated[float, AfterValidator(positive)],
@@ -162,7 +157,6 @@ class Space(_Section):
     @classmethod
     def hint(cls, key: Any, parent: Any) -> str:
         return "K goes under a mixture prior: space.priors.<prior>.K" if key == "K" else ""
-
 
 
 class Fixed(_Section):

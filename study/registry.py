@@ -123,13 +123,14 @@ def register_champions(study, log) -> list[dict]:
     """Score and register every complete group's champion; one summary row per champion."""
     client, tracker = study.tracker.client, study.tracker
     found = champions(study.ledger)
-    todo = []
+    todo, versions = [], {}
     for champion in found:
-        versions = _versions_of(client, tracker, champion)
-        if not versions:
+        registered = _versions_of(client, tracker, champion)
+        if not registered:
             todo.append(champion)
         else:  # registered by a run that was cut before it placed the alias: place it now
-            _place_alias(client, champion.registered_name, versions[0])
+            versions[champion.key] = registered[0]
+            _place_alias(client, champion.registered_name, registered[0])
     pending = {}
     for c in todo:
         resources = study.spec.resources.of(c.group.model)
@@ -137,8 +138,8 @@ def register_champions(study, log) -> list[dict]:
         pending[evaluate.remote(c.config, study.splits_ref, c.checkpoint, f"{c.registered_name} ({c.key})")] = c
     for ref, champion in pending.items():
         log(f"scoring the champion of {champion.group.label} ({champion.key}) on the test set")
-        _register(client, tracker, champion, ray.get(ref))
-    return [_summary(client, tracker, c) for c in found]
+        versions[champion.key] = _register(client, tracker, champion, ray.get(ref))
+    return [_summary(client, c, versions.get(c.key)) for c in found]
 
 
 def _run_id(tracker, champion: Champion) -> str:
@@ -152,7 +153,8 @@ def _versions_of(client: MlflowClient, tracker, champion: Champion) -> list:
     return list(client.search_model_versions(f"run_id = '{_run_id(tracker, champion)}'"))
 
 
-def _register(client: MlflowClient, tracker, champion: Champion, evaluation: dict) -> None:
+def _register(client: MlflowClient, tracker, champion: Champion, evaluation: dict):
+    """Log the champion's test metrics and files to its run and register it; the new version."""
     run_id = _run_id(tracker, champion)
     metrics = evaluation["metrics"]
     values = {"test_ll": metrics["test_ll"], "test_elbo": metrics["test_elbo"]}
@@ -186,7 +188,9 @@ def _register(client: MlflowClient, tracker, champion: Champion, evaluation: dic
             "best_epoch": str(champion.best_epoch), "stop_reason": champion.stop_reason, **protocol.tags(),
             **{k: f"{v:.6f}" for k, v in values.items()}}
     source = f"{client.get_run(run_id).info.artifact_uri}/model"
-    _place_alias(client, name, client.create_model_version(name, source=source, run_id=run_id, tags=tags))
+    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    _place_alias(client, name, version)
+    return version
 
 
 def _place_alias(client: MlflowClient, name: str, version) -> None:
@@ -215,12 +219,12 @@ def _champion_version(client: MlflowClient, name: str):
         raise
 
 
-def _summary(client: MlflowClient, tracker, champion: Champion) -> dict:
-    versions = _versions_of(client, tracker, champion)
-    tags = versions[0].tags if versions else {}
+def _summary(client: MlflowClient, champion: Champion, version) -> dict:
+    """One row of the champion table: the champion, its registered `version` and the alias holder."""
+    tags = version.tags if version is not None else {}
     current = _champion_version(client, champion.registered_name)
     return {"name": champion.registered_name, "trial": champion.key, "val_loss": champion.best_val_loss,
             "epochs": champion.epochs, "stop_reason": champion.stop_reason,
             "test_ll": float(tags["test_ll"]) if "test_ll" in tags else None, "protocol": tags.get("protocol"),
-            "version": versions[0].version if versions else None,
+            "version": version.version if version is not None else None,
             "champion_version": current.version if current else None}

@@ -28,7 +28,7 @@ def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
 
 def pull(reference: str, out: Path, tracking_uri: str) -> Path:
     """Download a registered model's files (weights.pt, config.json) into `out` and verify them."""
-    from study.settings import require_existing_store
+    from study.settings import require_existing_store, without_userinfo
     from trainables.artifacts import read_config, sha256_file
 
     name, alias, version = parse_reference(reference)
@@ -38,7 +38,8 @@ def pull(reference: str, out: Path, tracking_uri: str) -> Path:
         found = (client.get_model_version(name, version) if version
                  else client.get_model_version_by_alias(name, alias))
     except MlflowException as e:
-        raise InputError(f"{reference}: not found in the registry at {tracking_uri} ({e.message})") from None
+        raise InputError(f"{reference}: not found in the registry at {without_userinfo(tracking_uri)} "
+                         f"({e.message})") from None
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vamp-pull-") as tmp:
         files = Path(client.download_artifacts(found.run_id, "model", tmp))

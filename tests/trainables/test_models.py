@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from trainables.config import TrainConfig
+from trainables.layers import GatedConv2d, GatedDense, GaussianHead
 from trainables.models import MODELS, build_model
 from tests.helpers import BINARY, GRAY, images, small
 from trainables.priors import PRIORS
@@ -54,12 +55,79 @@ def test_generation_and_reconstruction_are_images(model):
         assert out.shape == (2, 784) and out.min() >= 0 and out.max() <= 1
 
 
-def test_paper_network_sizes():
-    """The paper's networks on MNIST: 300 hidden units, 40 latent units, the conv trunk's 6x7x7 output."""
+#: Parameters of the paper's published code (github jmtomczak/vae_vampprior), counted with K = 500:
+#: (standard, vampprior) per model, on static MNIST (1x28x28, binary) and Frey Faces (1x28x20, gray).
+ORIGINAL_PARAMETERS = {
+    ("static_mnist", "vae"): (1_116_864, 1_508_864),
+    ("static_mnist", "hvae"): (2_431_024, 2_823_024),
+    ("static_mnist", "convhvae"): (2_210_861, 2_602_861),
+    ("static_mnist", "pixelhvae"): (1_385_821, 1_777_821),
+    ("freyfaces", "vae"): (1_083_600, 1_363_600),
+    ("freyfaces", "hvae"): (2_263_360, 2_543_360),
+    ("freyfaces", "convhvae"): (1_827_270, 2_107_270),
+    ("freyfaces", "pixelhvae"): (1_234_740, 1_514_740),
+}
+SPECS = {"static_mnist": BINARY, "freyfaces": GRAY}
+
+
+@pytest.mark.parametrize("dataset, model", sorted(ORIGINAL_PARAMETERS))
+def test_parameter_counts_equal_the_original(dataset, model):
+    spec = SPECS[dataset]
+    counts = []
+    for prior in ("standard", "vampprior"):
+        torch.manual_seed(0)
+        m = build_model(TrainConfig(model=model, prior=prior, K=500), spec, images(spec, 4))
+        counts.append(sum(p.numel() for p in m.parameters()))
+    assert tuple(counts) == ORIGINAL_PARAMETERS[dataset, model]
+
+
+def _paper_layers(module: torch.nn.Module):
+    """The layers as the paper's code names them: gated units and Gaussian heads whole, and
+    every other module that holds parameters of its own (convolutions, linear maps, batch norm)."""
+    for child in module.children():
+        if isinstance(child, (GatedDense, GatedConv2d, GaussianHead)) or (
+                not list(child.children()) and list(child.parameters(recurse=False))):
+            yield child
+        else:
+            yield from _paper_layers(child)
+
+
+def _original_layer_shapes(model: str, shape: tuple[int, int, int], n_params: int) -> list[tuple]:
+    """Each layer's output shape (without the batch) in the order our forward pass runs them,
+    written from the original's layer definitions: gated dense layers of 300 units, 40 latent
+    units (a Gaussian head's mean), the conv trunk 32, 32/2, 64, 64/2, 6 channels, the
+    decoders' output (one value per pixel and likelihood parameter)."""
+    c, h, w = shape
+    d = c * h * w
+    h2, w2 = -(-h // 2), -(-w // 2)
+    h4, w4 = -(-h2 // 2), -(-w2 // 2)
+    trunk = [(32, h, w), (32, h2, w2), (64, h2, w2), (64, h4, w4), (6, h4, w4)]
+    p_z1 = [(300,), (300,), (40,)]
+    conv_encoder = [*trunk, (40,), *trunk, (6 * h4 * w4,), (300,), (40,)]
+    return {
+        "vae": [(300,), (300,), (40,), (300,), (300,), (n_params * d,)],
+        "hvae": [(300,), (300,), (40,), (300,), (300,), (300,), (40,),
+                 (300,), (300,), (300,), (n_params * d,), *p_z1],
+        "convhvae": [*conv_encoder, (300,), (300,), (d,), *[(64, h, w)] * 4, (n_params * c, h, w), *p_z1],
+        "pixelhvae": [*conv_encoder, (d,), (d,), *[(64, h, w)] * 16, (n_params * c, h, w), *p_z1],
+    }[model]
+
+
+@pytest.mark.parametrize("spec", [BINARY, GRAY], ids=["static_mnist", "freyfaces"])
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_layer_has_the_original_output_shape(model, spec):
     torch.manual_seed(0)
-    m = build_model(TrainConfig(model="convhvae", prior="standard"), BINARY, images(BINARY, 4))
-    assert m.encoder.q_z2[1].linear.in_features == 6 * 7 * 7
-    assert m.encoder.q_z1_joint[1].linear.out_features == 2 * 40
+    m = build_model(TrainConfig(model=model, prior="standard"), spec, images(spec, 4))
+    seen = []
+    for layer in _paper_layers(m):
+        layer.register_forward_hook(
+            lambda _, __, out: seen.append(tuple((out[0] if isinstance(out, tuple) else out).shape)))
+    m.loss(images(spec, 3))
+    n_params = 2 if spec is GRAY else 1
+    assert seen == [(3, *s) for s in _original_layer_shapes(model, spec.shape, n_params)]
+
+
+def test_vampprior_pseudo_inputs_are_k_images():
+    torch.manual_seed(0)
     hv = build_model(TrainConfig(model="hvae", prior="vampprior", K=500), BINARY, images(BINARY, 4))
     assert hv.prior.pseudo_inputs.weight.shape == (500, 784)
-    assert hv.encoder.q_z2[0].linear.out_features == 2 * 300

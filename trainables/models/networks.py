@@ -6,11 +6,13 @@ likelihood parameters per pixel (1 Bernoulli, 2 discretized logistic).
 - vae:       q(z|x): 2 gated dense -> Gaussian;  p(x|z): 2 gated dense -> output.
 - hvae:      q(z2|x): 2 gated dense; q(z1|x,z2): gated dense on each, gated dense on both;
              p(z1|z2): 2 gated dense; p(x|z1,z2): gated dense on each, gated dense on both.
-- convhvae:  encoders of gated convolutions; p(x|z1,z2): z1, z2 each to a D-pixel image by a
-             gated dense layer, then 4 gated 3x3 convolutions of 64 channels.
+- convhvae:  encoders of gated convolutions; p(x|z1,z2): z1, z2 each to H0 units by a gated
+             dense layer, both together (2 H0 -> D, gated dense) to one image, then 4 gated 3x3
+             convolutions of 64 channels and a 1x1 convolution to the likelihood's parameters.
 - pixelhvae: the convhvae encoders; p(x|z1,z2) a PixelCNN over [x, image(z1), image(z2)]:
              one masked 'A' and seven masked 'B' 3x3 convolutions of 64 channels with
-             batch normalisation and ReLU.
+             batch normalisation and ReLU; for gray data its 1x1 output convolutions have no
+             bias (as in the original).
 """
 from __future__ import annotations
 
@@ -45,9 +47,11 @@ def _dense_out(d_in: int, n_params: int, dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(d_in, n_params * dim), nn.Unflatten(1, (n_params, dim)))
 
 
-def _conv_out(c_in: int, n_params: int, shape: Shape) -> nn.Module:
+def _conv_out(c_in: int, n_params: int, shape: Shape, bias: bool = True) -> nn.Module:
+    """A 1x1 convolution to `n_params` values per pixel (the original's one 1x1 convolution per
+    parameter, as one with their channels stacked)."""
     dim = shape[0] * shape[1] * shape[2]
-    return nn.Sequential(nn.Conv2d(c_in, n_params * shape[0], 1), nn.Flatten(),
+    return nn.Sequential(nn.Conv2d(c_in, n_params * shape[0], 1, bias=bias), nn.Flatten(),
                          nn.Unflatten(1, (n_params, dim)))
 
 
@@ -116,8 +120,9 @@ def hvae(shape: Shape, likelihood, s: Sizes) -> Parts:
 
 def convhvae(shape: Shape, likelihood, s: Sizes) -> Parts:
     d = shape[0] * shape[1] * shape[2]
-    p_x = Joint([_to_image(s.z1, shape), _to_image(s.z2, shape)], nn.Sequential(
-        GatedConv2d(2 * shape[0], 64, 3, 1, 1), GatedConv2d(64, 64, 3, 1, 1),
+    p_x = Joint([GatedDense(s.z1, s.hidden), GatedDense(s.z2, s.hidden)], nn.Sequential(
+        _to_image(2 * s.hidden, shape),
+        GatedConv2d(shape[0], 64, 3, 1, 1), GatedConv2d(64, 64, 3, 1, 1),
         GatedConv2d(64, 64, 3, 1, 1), GatedConv2d(64, 64, 3, 1, 1),
         _conv_out(64, likelihood.n_params, shape)))
     decoder = TwoLevelDecoder(_p_z1(s), Observation(p_x, likelihood, d))
@@ -131,7 +136,8 @@ def pixelhvae(shape: Shape, likelihood, s: Sizes) -> Parts:
     for _ in range(7):
         layers += [MaskedConv2d("B", 64, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
     p_x = Joint([nn.Unflatten(1, shape), _to_image(s.z1, shape), _to_image(s.z2, shape)],
-                nn.Sequential(*layers, _conv_out(64, likelihood.n_params, shape)))
+                nn.Sequential(*layers, _conv_out(64, likelihood.n_params, shape,
+                                                 bias=likelihood.n_params == 1)))
     decoder = TwoLevelDecoder(_p_z1(s), Observation(p_x, likelihood, d, autoregressive=True))
     return Parts(_conv_encoder(shape, s), decoder, s.z2)
 

@@ -17,6 +17,9 @@ from trainables.distributions import (
 
 #: Log-scale range of the discretized logistic (Hardtanh(-4.5, 0) in the paper's code).
 LOGSCALE_RANGE = (-4.5, 0.0)
+#: Range of the discretized logistic's mean: the paper's code clamps sigmoid(a) to the centres
+#: of the first and last of 256 bins.
+MEAN_RANGE = (1.0 / 512.0, 1.0 - 1.0 / 512.0)
 
 
 class Bernoulli:
@@ -35,14 +38,15 @@ class Bernoulli:
 
 
 class DiscretizedLogistic:
-    """Gray images in 256 levels: a logistic with mean sigmoid(a) and log-scale
-    clip(b, -4.5, 0), discretized into 256 bins (Sec. 4.1 of the paper)."""
+    """Gray images in 256 levels: a logistic with mean clip(sigmoid(a), 1/512, 1 - 1/512) and
+    log-scale clip(b, -4.5, 0), discretized into 256 bins (Sec. 4.1 of the paper)."""
 
     n_params = 2
     bins = 256
 
     def _split(self, out: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.sigmoid(out[..., 0, :]), F.hardtanh(out[..., 1, :], *LOGSCALE_RANGE)
+        mean = torch.clamp(torch.sigmoid(out[..., 0, :]), *MEAN_RANGE)
+        return mean, F.hardtanh(out[..., 1, :], *LOGSCALE_RANGE)
 
     def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
         return log_discretized_logistic(x, *self._split(out), bins=self.bins)

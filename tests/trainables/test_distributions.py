@@ -107,3 +107,17 @@ def test_log_bernoulli_shares_one_image_across_its_draws():
     shared = log_bernoulli_logits(x, logits)
     one_by_one = torch.stack([log_bernoulli_logits(x[:, 0], logits[:, s]) for s in range(7)], dim=1)
     torch.testing.assert_close(shared, one_by_one, rtol=1e-6, atol=1e-4)
+
+
+def test_gray_likelihood_clamps_its_mean_to_the_outer_bin_centres():
+    """The paper's code clamps the logistic's mean sigmoid(a) to [1/512, 1 - 1/512]: an output
+    far in either tail gives the centre of the first or last bin, not 0 or 1."""
+    from trainables.likelihoods import LIKELIHOODS
+
+    gray = LIKELIHOODS["logistic"]
+    out = torch.tensor([[[-40.0, 0.0, 40.0], [-1.0, -1.0, -1.0]]])  # (N=1, P=2, D=3)
+    assert gray.mean(out)[0].tolist() == pytest.approx([1 / 512, 0.5, 1 - 1 / 512])
+    x = torch.tensor([[0.0, 0.5, 1.0]])
+    clamped = torch.tensor([[1 / 512, 0.5, 1 - 1 / 512]])
+    expected = log_discretized_logistic(x, clamped, torch.full((1, 3), -1.0))
+    assert torch.allclose(gray.log_prob(x, out), expected)

@@ -115,6 +115,23 @@ def status(
 
 
 @command(app)
+def report(
+    study_name: str = typer.Argument(..., metavar="STUDY", help="a study name (`study status` lists them)"),
+    out: Optional[Path] = typer.Option(None, help="folder for report.md, report.json and the figures "
+                                       "(default: ./report-STUDY)"),
+    tracking_uri: TrackingUri = None,
+    as_json: Json = False,
+) -> None:
+    """Each (model, prior) group's champion beside the paper's Table 1, with figures; also logged to the
+    study's parent MLflow run under report/."""
+    from study.report.build import build_report
+    from study.report.terminal import print_report
+
+    result = build_report(study_name, out, tracking_uri)
+    _emit(result, as_json, lambda r: print_report(Console(file=stdout, highlight=False), r, r["out"]))
+
+
+@command(app)
 def pull(
     reference: str = typer.Argument(..., metavar="NAME[@ALIAS|/VERSION]", help="a registered model, e.g. static_mnist-hvae-vampprior@champion"),
     out: Path = typer.Option(..., help="folder to write weights.pt and config.json into"),

@@ -155,7 +155,7 @@ def train(
     lr: float = typer.Option(5e-4, help="Adam learning rate"),
     epochs: int = typer.Option(2000, help="maximum number of epochs"),
     warmup: int = typer.Option(100, help="KL warm-up epochs (beta = epoch / warmup); 0: none"),
-    patience: int = typer.Option(50, help="stop after this many epochs without validation improvement; 0: never"),
+    patience: int = typer.Option(50, help="stop once more than this many epochs pass without validation improvement, as the paper's code; 0: never"),
     batch_size: int = typer.Option(100),
     hidden: int = typer.Option(300, help="units of the gated dense layers"),
     z1_size: int = typer.Option(40, help="latent units of the lower (or only) layer"),
@@ -172,14 +172,13 @@ def train(
     as_json: Json = False,
 ) -> None:
     """Train one configuration without Ray (debugging, reproduction), then score it on the test set."""
-    from study.train_command import run_train
-    from trainables.config import TrainConfig
+    from study.train_command import run_train, train_config
 
-    config = TrainConfig(dataset=dataset, model=model, prior=prior, K=K, lr=lr, epochs=epochs,
-                         warmup=warmup, patience=patience, batch_size=batch_size, hidden=hidden,
-                         z1_size=z1_size, z2_size=z2_size, seed=seed,
-                         pseudoinputs=pseudoinputs, train_limit=train_limit, test_limit=test_limit,
-                         samples=samples, device=device)
+    config = train_config(dataset=dataset, model=model, prior=prior, K=K, lr=lr, epochs=epochs,
+                          warmup=warmup, patience=patience, batch_size=batch_size, hidden=hidden,
+                          z1_size=z1_size, z2_size=z2_size, seed=seed,
+                          pseudoinputs=pseudoinputs, train_limit=train_limit, test_limit=test_limit,
+                          samples=samples, device=device)
     result = run_train(config, output, resume=resume, figures=figures, log=err)
     _emit(result, as_json, lambda r: err.print_json(data=r))
 

@@ -45,7 +45,7 @@ def pull(reference: str, out: Path, tracking_uri: str) -> Path:
         files = Path(client.download_artifacts(found.run_id, "model", tmp))
         for path in files.iterdir():
             path.replace(out / path.name)
-    meta = read_config(out)
+    _, meta = read_config(out)  # the config too: a wrong one fails here, naming the file
     actual = sha256_file(out / "weights.pt")
     if actual != meta["weights_sha256"] or actual != found.tags.get("weights_sha256", actual):
         raise RuntimeError(f"{out}/weights.pt: sha256 {actual} does not match the registry's {meta['weights_sha256']}")

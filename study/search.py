@@ -145,9 +145,19 @@ def chosen_settings(group: Group, params: dict, seed: int) -> dict:
     return chosen
 
 
+def spec_fields(spec: StudySpec, group: Group) -> dict[str, str]:
+    """Where each TrainConfig field of the group's trials comes from in the space file (a dotted
+    field), for errors that name it as the file's author wrote it."""
+    return {"dataset": "dataset", "model": "models", "prior": "space.priors", "lr": "space.lr",
+            "K": f"space.priors.{group.prior}.K", "seed": "search.seed",
+            "samples": "evaluation.samples", "test_limit": "evaluation.test_limit",
+            **{field: f"fixed.{field}" for field in spec.fixed.model_dump()}}
+
+
 def trial_config(spec: StudySpec, group: Group, params: dict, seed: int) -> TrainConfig:
-    """The whole configuration of one trial."""
-    return TrainConfig.from_dict({**fixed_settings(spec), **chosen_settings(group, params, seed)}).validate()
+    """The whole configuration of one trial; InputError naming the space file and its field."""
+    return TrainConfig.from_dict({**fixed_settings(spec), **chosen_settings(group, params, seed)},
+                                 names=spec_fields(spec, group), source=str(spec.source or "the search space"))
 
 
 def format_lr(lr: float) -> str:

@@ -21,6 +21,14 @@ from trainables.errors import InputError
 
 CHECKPOINT = "checkpoint.pt"
 
+#: TrainConfig's fields as `study train` and `study score` spell them.
+FLAGS = {field: "--" + field.replace("_", "-") for field in TrainConfig.model_fields}
+
+
+def train_config(**flags) -> TrainConfig:
+    """The TrainConfig of `study train`'s flags; InputError (exit code 2) naming the flag."""
+    return TrainConfig.from_dict(flags, names=FLAGS)
+
 
 def _writable_folder(path: Path) -> Path:
     """Create `path` if needed and prove it writable; on failure remove what was created."""
@@ -40,11 +48,10 @@ def _writable_folder(path: Path) -> Path:
 
 def run_train(config: TrainConfig, output: Path | None, *, resume: bool, figures: bool,
               log: Console) -> dict:
-    from trainables.experiment import prepare, score, summary
+    from trainables.experiment import generations, prepare, score, summary
     from trainables.figures import save_figures
     from trainables.train import Trainer
 
-    config.validate()
     output = Path(output or f"outputs/{config.dataset}-{config.model}-{config.prior}-s{config.seed}")
     checkpoint = output / CHECKPOINT
     if resume and not checkpoint.exists():
@@ -71,7 +78,7 @@ def run_train(config: TrainConfig, output: Path | None, *, resume: bool, figures
     (output / "metrics.json").write_text(json.dumps({**result, "history": progress.history}, indent=2))
     if figures:
         save_figures(trial.model, trial.data.test, per_example, trial.spec.shape, output / "figures",
-                     title=name, generations=16 if config.model == "pixelhvae" else 64)
+                     title=name, generations=generations(trial.model))
     return result
 
 
@@ -82,6 +89,8 @@ def _metrics(result: dict) -> dict:
 
 def run_score(folder: Path, *, dataset: str | None, split: str, samples: int, seed: int | None,
               limit: int | None, device: str) -> dict:
+    """Score a saved model on `split` of `dataset` (default: its own); the flags that are
+    TrainConfig fields are checked as such, on top of the saved config."""
     from trainables.data import DATASETS, load_dataset
     from trainables.evaluate import evaluate
     from trainables.experiment import resolve_device
@@ -89,21 +98,18 @@ def run_score(folder: Path, *, dataset: str | None, split: str, samples: int, se
 
     if split not in ("test", "val"):
         raise InputError(f"--split {split!r} is not known; allowed: test, val")
-    if samples < 1:
-        raise InputError(f"--samples must be an integer >= 1, got {samples}")
-    if limit is not None and limit < 1:
-        raise InputError(f"--test-limit must be an integer >= 1, got {limit}")
-    model, config = load_model(folder, resolve_device(device))
-    dataset = dataset or config.dataset
-    if dataset not in DATASETS:
-        raise InputError(f"--dataset {dataset!r} is not known; allowed: {', '.join(sorted(DATASETS))}")
-    ours, theirs = DATASETS[config.dataset], DATASETS[dataset]
+    model, saved = load_model(folder)
+    flags = {"samples": samples, "test_limit": limit, "device": device, "dataset": dataset or saved.dataset,
+             "seed": saved.seed if seed is None else seed}
+    config = saved.replace(names=FLAGS, **flags)
+    ours, theirs = DATASETS[saved.dataset], DATASETS[config.dataset]
     if (ours.shape, ours.likelihood) != (theirs.shape, theirs.likelihood):
-        raise InputError(f"--dataset {dataset}: its images {theirs.shape} ({theirs.likelihood}) do not fit "
-                         f"a model of {config.dataset} {ours.shape} ({ours.likelihood})")
-    images = test_subset(getattr(load_dataset(dataset), split), limit)
+        raise InputError(f"--dataset {config.dataset}: its images {theirs.shape} ({theirs.likelihood}) do not fit "
+                         f"a model of {saved.dataset} {ours.shape} ({ours.likelihood})")
+    model = model.to(resolve_device(config.device))
+    images = test_subset(getattr(load_dataset(config.dataset), split), config.test_limit)
     x = torch.as_tensor(images, dtype=torch.float32, device=next(model.parameters()).device)
-    result = evaluate(model, x, samples=samples, seed=config.seed if seed is None else seed,
-                      gray=theirs.likelihood == "logistic")
+    result = evaluate(model, x, samples=config.samples, seed=config.seed,
+                      gray=model.likelihood.reports_bits_per_dim)
     result.pop("per_example_ll")
-    return {"model": str(folder), "dataset": dataset, "split": split, **result}
+    return {"model": str(folder), "dataset": config.dataset, "split": split, **result}

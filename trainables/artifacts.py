@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from trainables.config import TrainConfig
+from trainables.data import DATASETS
 from trainables.errors import InputError
 from trainables.models import Model, build_model
 
@@ -45,8 +46,9 @@ def save_weights(state: dict, config: TrainConfig, folder: Path, extra: dict | N
     return folder
 
 
-def read_config(folder: Path) -> dict:
-    """The JSON of a saved model; InputError if `folder` is not one."""
+def read_config(folder: Path) -> tuple[TrainConfig, dict]:
+    """The config of a saved model and the whole JSON it is part of; InputError naming the file
+    (and the field, as `config.<field>`) if `folder` is not a saved model or its config is wrong."""
     path = Path(folder) / CONFIG
     try:
         meta = json.loads(path.read_text())
@@ -55,18 +57,19 @@ def read_config(folder: Path) -> dict:
                          "`study train --output` or `study pull`") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: invalid JSON ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
-    return meta
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise InputError(f"{path}: format {found!r} is not {FORMAT!r}")
+    if not isinstance(meta.get("config"), dict):
+        raise InputError(f"{path}: config must be a mapping of TrainConfig fields, got {meta.get('config')!r}")
+    names = {field: f"config.{field}" for field in meta["config"]}
+    return TrainConfig.from_dict(meta["config"], names=names, source=str(path)), meta
 
 
 def load_model(folder: Path, device: torch.device | str = "cpu") -> tuple[Model, TrainConfig]:
     """Rebuild the architecture from config.json and load weights.pt (checksum verified)."""
-    from trainables.data import DATASETS
-
     folder = Path(folder)
-    meta = read_config(folder)
-    config = TrainConfig.from_dict(meta["config"]).validate()
+    config, meta = read_config(folder)
     weights = folder / WEIGHTS
     actual = sha256_file(weights)
     if actual != meta["weights_sha256"]:

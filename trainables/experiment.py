@@ -36,9 +36,8 @@ class Trial:
 
 
 def prepare(config: TrainConfig, splits=None) -> Trial:
-    """Validate `config`, load its dataset (unless `splits` are given: a Ray worker gets them
-    from the object store), and build the model with the config's seed."""
-    config.validate()
+    """Load the dataset of `config` (unless `splits` are given: a Ray worker gets them from the
+    object store), and build the model with the config's seed."""
     device = resolve_device(config.device)
     splits = load_dataset(config.dataset) if splits is None else splits
     data = DeviceData.from_splits(splits, config, device)
@@ -50,7 +49,13 @@ def prepare(config: TrainConfig, splits=None) -> Trial:
 def score(trial: Trial, samples: int | None = None) -> dict:
     """Test figures of the trial's current weights (IS log-likelihood with the config's seed)."""
     return evaluate(trial.model, trial.data.test, samples=samples or trial.config.samples,
-                    seed=trial.config.seed, gray=trial.spec.likelihood == "logistic")
+                    seed=trial.config.seed, gray=trial.model.likelihood.reports_bits_per_dim)
+
+
+def generations(model: Model) -> int:
+    """How many images the figures generate: 16 where the decoder samples pixel by pixel (one
+    pass of the decoder per pixel), else 64."""
+    return 16 if model.autoregressive else 64
 
 
 def summary(progress: Progress) -> dict:

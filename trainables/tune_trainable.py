@@ -28,7 +28,7 @@ from ray import tune
 
 from trainables.artifacts import save_weights
 from trainables.config import SEARCHED_FIELDS, TrainConfig
-from trainables.experiment import prepare, score
+from trainables.experiment import generations, prepare, score
 from trainables.figures import save_figures
 from trainables.train import DIVERGED, ENDED_BY_ITSELF, Diverged, Trainer
 
@@ -141,7 +141,7 @@ def evaluate_checkpoint(config: TrainConfig, splits, checkpoint: tune.Checkpoint
     with tempfile.TemporaryDirectory(prefix="vamp-eval-") as tmp:
         folder = Path(tmp)
         save_figures(trial.model, trial.data.test, per_example, trial.spec.shape, folder / "figures",
-                     title=title, generations=16 if config.model == "pixelhvae" else 64)
+                     title=title, generations=generations(trial.model))
         files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
     return {"metrics": scores, "files": files}
 

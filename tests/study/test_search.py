@@ -7,6 +7,7 @@ import pytest
 from study import search
 from study.spec import parse_space
 from trainables.config import TrainConfig
+from trainables.errors import InputError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -42,6 +43,21 @@ def test_groups_are_every_model_and_prior_with_their_budgets():
 ])
 def test_distributions_search_lr_and_K_only_where_the_prior_has_components(prior, expected):
     assert search.distributions(_spec(), prior) == expected
+
+
+def test_a_trial_config_that_does_not_hold_names_the_space_file_and_its_field():
+    """TrainConfig's constraints, worded for the author of the space file: the file, then the
+    dotted field the value came from (here values the file's own rules did not see)."""
+    spec = _spec().with_source("spaces/t.yaml")
+    vamp = search.groups(spec)[2]
+    with pytest.raises(InputError) as error:
+        search.trial_config(spec, vamp, {"lr": 0.0, "K": 0}, seed=1)
+    assert str(error.value).splitlines() == [
+        "spaces/t.yaml: space.priors.vampprior.K must be an integer >= 1, got 0",
+        "spaces/t.yaml: space.lr must be a positive finite number, got 0.0"]
+    unchecked = spec.model_copy(update={"fixed": spec.fixed.model_copy(update={"hidden": 0})})
+    with pytest.raises(InputError, match=r"^spaces/t\.yaml: fixed\.hidden must be an integer >= 1, got 0$"):
+        search.trial_config(unchecked, vamp, {"lr": 3e-4, "K": 50}, seed=1)
 
 
 def test_a_list_of_learning_rates_is_categorical():

@@ -33,15 +33,11 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trainables.data.splits import StoredSplits
+from trainables.data.spec import DatasetSpec, StoredSplits
 from trainables.errors import DataError
-
-if TYPE_CHECKING:
-    from trainables.data.registry import DatasetSpec
 
 CACHE_ENV = "STUDY_CACHE_DIR"
 CACHE_FORMAT = 1

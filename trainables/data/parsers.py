@@ -13,13 +13,13 @@ import tarfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import scipy.io
 
+from trainables.data.spec import DatasetSpec, StoredSplits
 from trainables.data.splits import (
-    StoredSplits,
     binarize_once,
     fortran_rows_to_c,
     shuffled,
@@ -28,9 +28,6 @@ from trainables.data.splits import (
 )
 from trainables.data.unpickle import safe_load
 from trainables.errors import DataError
-
-if TYPE_CHECKING:
-    from trainables.data.registry import DatasetSpec
 
 _AMAT_SPACE = np.zeros(256, dtype=bool)  # lookup table: is this byte a blank?
 _AMAT_SPACE[[ord(" "), ord("\t"), ord("\r"), ord("\n")]] = True

@@ -18,9 +18,10 @@ import numpy as np
 from trainables.data import cache as cache_files
 from trainables.data.cache import CacheInvalid, cache_dir
 from trainables.data.checksums import verify
-from trainables.data.registry import DatasetSpec, get_spec
+from trainables.data.registry import get_spec
 from trainables.data.sources import MIRROR_ENV, acquire, mirror_dir
-from trainables.data.splits import Splits, StoredSplits, decode
+from trainables.data.spec import DatasetSpec, Splits, StoredSplits
+from trainables.data.splits import decode
 from trainables.errors import DataError
 
 

@@ -1,4 +1,5 @@
-"""The dataset registry: one frozen :class:`DatasetSpec` per dataset of the paper.
+"""The dataset registry: one frozen :class:`~trainables.data.spec.DatasetSpec` per dataset of
+the paper.
 
 URLs, checksums and layouts follow ``../shared/datasets/README.txt``. Each spec names its
 parser (:mod:`trainables.data.parsers`) and the encodings of its stored splits
@@ -7,41 +8,12 @@ parser (:mod:`trainables.data.parsers`) and the encodings of its stored splits
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-
 from trainables.data import parsers
 from trainables.data.checksums import Checksum
 from trainables.data.sources import SourceFile
-from trainables.data.splits import BINARY, BINS256, BYTES, UNIT_FLOAT, Encoding, StoredSplits
+from trainables.data.spec import DatasetSpec
+from trainables.data.splits import BINARY, BINS256, BYTES, UNIT_FLOAT
 from trainables.errors import DataError
-
-Parser = Callable[["DatasetSpec", Mapping[str, Path]], StoredSplits]
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Everything the project knows about one dataset."""
-
-    name: str  # registry key
-    shape: tuple[int, int, int]  # (channels, height, width)
-    likelihood: str  # "bernoulli" (binary data) or "logistic" (256-bin gray data)
-    dynamic: bool  # training images are probabilities, binarized afresh each epoch by the trainer
-    pseudoinput_mean: float  # N(mean, std) initialisation of VampPrior pseudo-inputs
-    pseudoinput_std: float
-    files: tuple[SourceFile, ...]  # what to fetch
-    parser: Parser  # verified files -> StoredSplits
-    sizes: tuple[int, int, int]  # (train, val, test) image counts
-    encodings: tuple[Encoding, Encoding, Encoding]  # stored form of (train, val, test)
-    description: str = ""
-
-    @property
-    def dim(self) -> int:
-        """Number of values per image, C*H*W."""
-        c, h, w = self.shape
-        return c * h * w
-
 
 _LAROCHELLE = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
 _MNIST_URLS = (

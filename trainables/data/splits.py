@@ -11,19 +11,15 @@ Fixed seeds (independent of any trial seed, so every trial trains and scores on 
   with ``stream`` 1 for validation and 2 for test.
 
 Encodings (:data:`BINARY`, :data:`BYTES`, :data:`BINS256`, :data:`UNIT_FLOAT`) say how a split is stored in the cache and how it is turned into
-model values (float32 in [0, 1]).
+model values (float32 in [0, 1]). The types (:class:`Encoding`, :class:`StoredSplits`,
+:class:`Splits`) live in :mod:`trainables.data.spec`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from trainables.data.registry import DatasetSpec
+from trainables.data.spec import DatasetSpec, Encoding, Splits, StoredSplits
 
 SPLIT_SEED: int = 1705
 """Seed of the fixed random splits (Omniglot validation, Frey Faces)."""
@@ -32,16 +28,6 @@ BINARIZATION_SEED: int = 777
 """Seed of the one-off binarization of validation and test sets (the paper's value)."""
 
 _STREAMS: dict[str, int] = {"val": 1, "test": 2}
-
-
-@dataclass(frozen=True)
-class Encoding:
-    """How one split is stored in the cache and decoded to model values."""
-
-    name: str
-    dtype: str  # numpy dtype name of the stored array
-    decode: Callable[[np.ndarray], np.ndarray]  # stored -> float32 model values
-    description: str
 
 
 def _decode_binary(x: np.ndarray) -> np.ndarray:
@@ -70,25 +56,6 @@ BINS256 = Encoding(
 UNIT_FLOAT = Encoding(
     "unit_float", "float32", _decode_unit_float, "float32 in [0,1]; model value = stored value"
 )
-
-
-class StoredSplits(NamedTuple):
-    """Train, validation and test arrays (N, D) in their stored encodings."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-
-
-@dataclass(frozen=True)
-class Splits:
-    """Model-ready data: float32 arrays of shape (N, D), rows = flattened upright images
-    (C order of a (C, H, W) image), values in [0, 1]."""
-
-    spec: DatasetSpec
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
 
 
 def decode(spec: DatasetSpec, stored: StoredSplits) -> Splits:

@@ -44,6 +44,17 @@ class Model(nn.Module):
         self.decoder = decoder
         self.prior = prior
 
+    @property
+    def likelihood(self):
+        """The observation model p(x|z...) ends in (trainables.likelihoods): what the images are."""
+        return self.decoder.p_x.likelihood
+
+    @property
+    def autoregressive(self) -> bool:
+        """Whether p(x|z...) also conditions on x (PixelHVAE): `generate` then samples pixel by
+        pixel, one pass of the decoder per pixel."""
+        return self.decoder.p_x.autoregressive
+
     def terms(self, x: Tensor, samples: int = 1) -> Terms:
         """Eq. (2): the reconstruction and KL parts of the ELBO, for `samples` draws per input."""
         n = x.shape[0]

@@ -1,18 +1,50 @@
-"""The paper's optimizer: Adam on gradients normalised per parameter tensor."""
+"""The paper's optimizer: Adam on gradients normalised per parameter tensor (AdamNormGrad).
+
+Our layers fuse tensors that the paper's code keeps apart (a gated unit's h and g, a Gaussian
+head's mean and log-variance, the gray likelihood's two output maps) into one tensor with the
+pieces stacked along its first dimension. Such a layer says so with `split_into(layer, n)`;
+`NormalizedAdam.for_model` puts its tensors in a parameter group of `n` pieces, and the step
+normalises each piece by its own norm: the same update as the paper's code.
+"""
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+#: Added to each gradient norm, as in the paper's code.
+NORM_EPS = 1e-7
+
+
+def split_into(layer: nn.Module, pieces: int) -> None:
+    """Mark `layer`'s own tensors (weight, bias) as `pieces` tensors of the paper's code, stacked
+    along dimension 0: each piece gets its own gradient norm."""
+    layer.normalised_pieces = pieces
+
+
+def _pieces(grad: torch.Tensor, pieces: int) -> list[torch.Tensor]:
+    return [grad] if pieces == 1 else list(grad.view(pieces, -1).unbind(0))
 
 
 class NormalizedAdam(torch.optim.Adam):
-    """Adam whose every parameter tensor's gradient is first divided by its L2 norm (+1e-7),
-    as the paper's AdamNormGrad does."""
+    """Adam whose gradients are first divided by their L2 norm (+1e-7), one norm per tensor of
+    the paper's code, as its AdamNormGrad does. A parameter group's `pieces` (default 1) says
+    how many of the paper's tensors each of its tensors stacks."""
+
+    @classmethod
+    def for_model(cls, model: nn.Module, **options) -> "NormalizedAdam":
+        """The optimizer of every parameter of `model`, grouped by the pieces their layer declares."""
+        groups: dict[int, list[nn.Parameter]] = {}
+        for layer in model.modules():
+            pieces = getattr(layer, "normalised_pieces", 1)
+            groups.setdefault(pieces, []).extend(layer.parameters(recurse=False))
+        return cls([{"params": params, "pieces": pieces}
+                    for pieces, params in sorted(groups.items()) if params], **options)
 
     @torch.no_grad()
     def step(self, closure=None):
-        for group in self.param_groups:
-            grads = [p.grad for p in group["params"] if p.grad is not None]
-            if grads:
-                norms = torch._foreach_add(torch._foreach_norm(grads), 1e-7)
-                torch._foreach_div_(grads, norms)
+        views = [view for group in self.param_groups for p in group["params"] if p.grad is not None
+                 for view in _pieces(p.grad, group.get("pieces", 1))]
+        if views:
+            norms = torch._foreach_add(torch._foreach_norm(views), NORM_EPS)
+            torch._foreach_div_(views, norms)
         return super().step(closure)

@@ -96,21 +96,26 @@ class Progress:
     stopped_early: bool = False
     history: list[dict] = field(default_factory=list)
 
-    def record(self, epoch: int, val_loss: float, warmup: int) -> bool:
-        """Count epoch `epoch` with its validation loss; True if it is the best so far.
-        As in the paper's code, epochs within the warm-up do not count towards patience."""
+    def record(self, epoch: int, val_loss: float, *, warmup: int, patience: int) -> bool:
+        """Count epoch `epoch` with its validation loss; True if it is the best so far. As in
+        the paper's code, epochs within the warm-up do not count towards patience; after more
+        than `patience` epochs without improvement the run has stopped early (patience 0: never)."""
         self.epoch = epoch
         improved = val_loss < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_epoch = val_loss, epoch
         self.epochs_without_improvement = 0 if improved or epoch < warmup else self.epochs_without_improvement + 1
+        self.stopped_early = self.stopped_early or self.out_of_patience(patience)
         return improved
 
-    def finished(self, epochs: int, patience: int) -> bool:
-        """Done after `epochs` epochs, or early after `patience` epochs without improvement
-        (patience 0: never early)."""
-        if patience > 0 and self.epochs_without_improvement >= patience:
-            self.stopped_early = True
+    def out_of_patience(self, patience: int) -> bool:
+        """More than `patience` epochs without improvement have passed, as the paper's code
+        counts (`e > early_stopping_epochs`: with patience 50 it stops at the 51st); never for
+        patience 0."""
+        return patience > 0 and self.epochs_without_improvement > patience
+
+    def finished(self, epochs: int) -> bool:
+        """Done after `epochs` epochs, or after stopping early. Reading it changes nothing."""
         return self.stopped_early or self.epoch >= epochs
 
 
@@ -127,7 +132,7 @@ class Trainer:
         self.data = data
         self.config = config
         params = list(model.parameters())
-        self.optimizer = NormalizedAdam(params, lr=config.lr, fused=_fused_adam_supported(params))
+        self.optimizer = NormalizedAdam.for_model(model, lr=config.lr, fused=_fused_adam_supported(params))
         self.progress = Progress()
         self.best_state = _copy_state(model)
 
@@ -173,7 +178,7 @@ class Trainer:
         if not math.isfinite(val_loss):
             raise Diverged(f"validation loss is {val_loss} at epoch {epoch} (lr={c.lr})")
         seconds = time.perf_counter() - started
-        if p.record(epoch, val_loss, c.warmup):
+        if p.record(epoch, val_loss, warmup=c.warmup, patience=c.patience):
             self.best_state = _copy_state(self.model)
         metrics = EpochMetrics(epoch, beta, train_loss, train_re, train_kl, val_loss, val_re, val_kl,
                                seconds, p.best_val_loss, p.best_epoch)
@@ -182,7 +187,8 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
-        return self.progress.finished(self.config.epochs, self.config.patience)
+        """The run is over: `epochs` epochs, or early stopping (a pure read of the counters)."""
+        return self.progress.finished(self.config.epochs)
 
     def fit(self, on_epoch: Callable[[EpochMetrics, "Trainer"], None] | None = None) -> Progress:
         """Train until `epochs` or early stopping, then load the best weights into the model.
@@ -216,7 +222,10 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.best_state = state["best_model"]
-        self.progress = Progress(**state["progress"])
+        progress = Progress(**state["progress"])
+        # a checkpoint written before `record` set the flag holds a spent patience without it
+        progress.stopped_early = progress.stopped_early or progress.out_of_patience(self.config.patience)
+        self.progress = progress
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])

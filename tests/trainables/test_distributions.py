@@ -121,3 +121,19 @@ def test_gray_likelihood_clamps_its_mean_to_the_outer_bin_centres():
     clamped = torch.tensor([[1 / 512, 0.5, 1 - 1 / 512]])
     expected = log_discretized_logistic(x, clamped, torch.full((1, 3), -1.0))
     assert torch.allclose(gray.log_prob(x, out), expected)
+
+
+def test_binary_likelihood_is_the_papers_clamped_bernoulli():
+    """log Bern(x; clamp(sigmoid(l), 1e-5, 1 - 1e-5)) as the paper's code computes it, in float64:
+    the same values, and no gradient for outputs beyond the clamp."""
+    from trainables.likelihoods import LIKELIHOODS
+
+    binary = LIKELIHOODS["bernoulli"]
+    logits = torch.tensor([[-30.0, -11.0, 0.3, 11.0, 30.0]], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    probs = torch.sigmoid(logits).clamp(1e-5, 1 - 1e-5)
+    original = (x * probs.log() + (1 - x) * (1 - probs).log()).sum(-1)
+    ours = binary.log_prob(x, logits.unsqueeze(1))
+    torch.testing.assert_close(ours, original)
+    (grad,) = torch.autograd.grad(ours.sum(), logits)
+    assert grad[0, 0] == 0 and grad[0, 4] == 0 and (grad[0, 1:4] != 0).all()

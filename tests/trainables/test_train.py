@@ -1,13 +1,14 @@
 """Training: warm-up, early stopping, the optimizer, divergence, and exact resume, on real
 static-MNIST images."""
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
 
+from tests.helpers import BINARY, GRAY, small
 from trainables.config import TrainConfig
-from trainables.experiment import prepare
-from trainables.optim import NormalizedAdam
+from trainables.experiment import generations, prepare
 from trainables.train import Diverged, Progress, Trainer, kl_weight
 
 
@@ -29,41 +30,63 @@ def test_kl_weight_warms_up_linearly():
 
 
 def test_early_stopping_counts_after_warmup_and_remembers_the_best():
-    p = Progress()
     losses = [10, 9, 9.5, 9.7, 8, 8.1, 8.2, 8.3]
-    improved = [p.record(e, v, warmup=4) for e, v in enumerate(losses, start=1)]
-    assert improved == [True, True, False, False, True, False, False, False]
-    assert (p.best_epoch, p.best_val_loss) == (5, 8)
-    assert p.epochs_without_improvement == 3
-    assert not p.finished(epochs=100, patience=4) and p.finished(epochs=100, patience=3)
-    assert p.stopped_early
+    for patience, stops in ((3, False), (2, True)):  # stops after more than `patience`
+        p = Progress()
+        improved = [p.record(e, v, warmup=4, patience=patience) for e, v in enumerate(losses, start=1)]
+        assert improved == [True, True, False, False, True, False, False, False]
+        assert (p.best_epoch, p.best_val_loss) == (5, 8)
+        assert p.epochs_without_improvement == 3
+        assert p.stopped_early == stops and p.finished(epochs=100) == stops
     # during warm-up nothing counts: epochs 2 and 3 did not improve but the counter stayed 0
     q = Progress()
     for e, v in enumerate([5, 6, 7], start=1):
-        q.record(e, v, warmup=10)
-    assert q.epochs_without_improvement == 0 and not q.finished(epochs=100, patience=1)
+        q.record(e, v, warmup=10, patience=1)
+    assert q.epochs_without_improvement == 0 and not q.finished(epochs=100)
 
 
 def test_patience_zero_never_stops_early():
     p = Progress()
     for e in range(1, 20):
-        p.record(e, 1.0 * e, warmup=0)
-    assert not p.finished(epochs=100, patience=0) and p.finished(epochs=19, patience=0)
+        p.record(e, 1.0 * e, warmup=0, patience=0)
+    assert not p.finished(epochs=100) and p.finished(epochs=19) and not p.stopped_early
 
 
-def test_normalized_adam_ignores_the_scale_of_gradients():
-    """Each tensor's gradient is divided by its norm: scaling the loss changes nothing."""
-    updates = []
-    for scale in (1.0, 1000.0):
-        torch.manual_seed(0)
-        w = torch.nn.Parameter(torch.randn(5, 3))
-        opt = NormalizedAdam([w], lr=0.1)
-        for _ in range(3):
-            opt.zero_grad()
-            (scale * (w**2).sum()).backward()
-            opt.step()
-        updates.append(w.detach().clone())
-    torch.testing.assert_close(updates[0], updates[1])
+def _progress_state(trainer: Trainer) -> dict:
+    return asdict(trainer.progress)
+
+
+def test_reading_finished_changes_nothing(cached):
+    """`Trainer.finished` is a read: the same answer twice, the progress unchanged, whether the
+    run goes on, ended at max epochs, or stopped early (the flag is set by the epoch that spent
+    the patience, not by whoever asks)."""
+    trial = prepare(small_config(epochs=5, warmup=0, patience=1))
+    trainer = Trainer(trial.model, trial.data, trial.config)
+    before = _progress_state(trainer)
+    assert [trainer.finished, trainer.finished] == [False, False] and _progress_state(trainer) == before
+
+    trainer.progress.record(1, 5.0, warmup=0, patience=1)
+    trainer.progress.record(2, 6.0, warmup=0, patience=1)
+    trainer.progress.record(3, 7.0, warmup=0, patience=1)  # patience spent: stopped early here
+    before = _progress_state(trainer)
+    assert before["stopped_early"]
+    assert [trainer.finished, trainer.finished] == [True, True] and _progress_state(trainer) == before
+
+    legacy = Progress(epoch=2, best_val_loss=5.0, best_epoch=1, epochs_without_improvement=1)
+    before = asdict(legacy)
+    assert [legacy.finished(epochs=3), legacy.finished(epochs=3)] == [False, False] and asdict(legacy) == before
+
+
+def test_a_checkpoint_without_the_early_stopping_flag_loads_as_stopped(cached, tmp_path):
+    """A checkpoint written before `record` set the flag (the old `finished` set it on reading)."""
+    config = small_config(epochs=5, warmup=0, patience=1)
+    trial = prepare(config)
+    trainer = Trainer(trial.model, trial.data, config)
+    trainer.progress = Progress(epoch=3, best_val_loss=5.0, best_epoch=1, epochs_without_improvement=2)
+    trainer.save(tmp_path / "checkpoint.pt")
+    again = Trainer(trial.model, trial.data, config)
+    again.load(tmp_path / "checkpoint.pt")
+    assert again.progress.stopped_early and again.finished
 
 
 def test_training_lowers_the_validation_loss(cached):
@@ -121,3 +144,11 @@ def test_a_diverging_run_raises(cached):
         next(trial.model.parameters()).fill_(math.nan)
     with pytest.raises(Diverged, match="epoch 1"):
         Trainer(trial.model, trial.data, trial.config).fit()
+
+
+def test_the_figures_ask_the_model_how_many_images_to_generate():
+    """Generation is pixel by pixel for an autoregressive decoder: 16 images, not 64; the gray
+    likelihood, not a dataset's name, says that bits per dimension are reported."""
+
+    assert [generations(small(m, "standard")) for m in ("vae", "hvae", "convhvae", "pixelhvae")] == [64, 64, 64, 16]
+    assert [small("vae", "standard", spec).likelihood.reports_bits_per_dim for spec in (BINARY, GRAY)] == [False, True]

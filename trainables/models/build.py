@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from trainables.config import TrainConfig
-from trainables.layers import he_init
+from trainables.layers import paper_init
 from trainables.likelihoods import LIKELIHOODS
 from trainables.models.model import Model
 from trainables.models.networks import MODELS, Sizes
@@ -28,8 +28,8 @@ def build_model(config: TrainConfig, spec, train: Tensor) -> Model:
     likelihood = LIKELIHOODS[spec.likelihood]
     parts = MODELS[config.model](tuple(spec.shape), likelihood,
                                  Sizes(hidden=config.hidden, z1=config.z1_size, z2=config.z2_size))
-    he_init(parts.encoder)
-    he_init(parts.decoder)
+    paper_init(parts.encoder)
+    paper_init(parts.decoder)
     dim = train.shape[1]
 
     def pseudo_inputs() -> Tensor:

@@ -25,6 +25,7 @@ from torch import nn
 from trainables.layers import GatedConv2d, GatedDense, GaussianHead, Joint, MaskedConv2d
 from trainables.models.decoders import Observation, OneLevelDecoder, TwoLevelDecoder
 from trainables.models.encoders import OneLevelEncoder, TwoLevelEncoder
+from trainables.optim import split_into
 
 Shape = tuple[int, int, int]
 
@@ -44,14 +45,19 @@ class Parts:
 
 
 def _dense_out(d_in: int, n_params: int, dim: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(d_in, n_params * dim), nn.Unflatten(1, (n_params, dim)))
+    """An affine map to `n_params` values per pixel (the original's one layer per parameter)."""
+    out = nn.Linear(d_in, n_params * dim)
+    split_into(out, n_params)
+    return nn.Sequential(out, nn.Unflatten(1, (n_params, dim)))
 
 
 def _conv_out(c_in: int, n_params: int, shape: Shape, bias: bool = True) -> nn.Module:
     """A 1x1 convolution to `n_params` values per pixel (the original's one 1x1 convolution per
     parameter, as one with their channels stacked)."""
     dim = shape[0] * shape[1] * shape[2]
-    return nn.Sequential(nn.Conv2d(c_in, n_params * shape[0], 1, bias=bias), nn.Flatten(),
+    out = nn.Conv2d(c_in, n_params * shape[0], 1, bias=bias)
+    split_into(out, n_params)
+    return nn.Sequential(out, nn.Flatten(),
                          nn.Unflatten(1, (n_params, dim)))
 
 

@@ -36,6 +36,8 @@ Count = Annotated[int, Field(ge=1)]
 CountOrZero = Annotated[int, Field(ge=0)]
 #: A learning rate.
 Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+#: Where the VampPrior's pseudo-inputs start: "random" N(mean, std) per dataset, "data" training images.
+PseudoInputs = Literal["random", "data"]
 
 
 class TrainConfig(BaseModel):
@@ -56,7 +58,7 @@ class TrainConfig(BaseModel):
     z1_size: Count = 40  # latent units of the lower (or only) layer
     z2_size: Count = 40  # latent units of the top layer of two-level models
     hidden: Count = 300  # units of the gated dense layers
-    pseudoinputs: Literal["random", "data"] = "random"  # "random": N(mean, std) per dataset; "data": training images
+    pseudoinputs: PseudoInputs = "random"
     train_limit: Count | None = None  # use the first N training images
     test_limit: Count | None = None  # use the first N test images
     samples: Count = 5000  # importance samples for the test log-likelihood

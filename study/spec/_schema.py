@@ -19,7 +19,7 @@ from study.spec._rules import (CREDENTIALS_HINT, LIST, ONE, PER_MODEL, RANGE, SE
                                did_you_mean, distinct_list, int_range, listed_once, listing, log_range, model_names,
                                no_password, none_is_empty, not_empty, one_or_per_model, positive, prior_names, shape,
                                study_name, whole_above_one)
-from trainables.config import MIXTURE_PRIORS, TrainConfig
+from trainables.config import MIXTURE_PRIORS, Count, CountOrZero, PseudoInputs, TrainConfig
 
 _DEFAULTS = TrainConfig()
 
@@ -160,17 +160,18 @@ class Space(_Section):
 
 
 class Fixed(_Section):
-    """TrainConfig fields held fixed for every trial (defaults: TrainConfig's)."""
+    """TrainConfig fields held fixed for every trial, with TrainConfig's types, constraints and
+    defaults (trainables.config holds them once)."""
 
-    epochs: int = Field(_DEFAULTS.epochs, ge=1)
-    warmup: int = Field(_DEFAULTS.warmup, ge=0)
-    patience: int = Field(_DEFAULTS.patience, ge=0)
-    batch_size: int = Field(_DEFAULTS.batch_size, ge=1)
-    z1_size: int = Field(_DEFAULTS.z1_size, ge=1)
-    z2_size: int = Field(_DEFAULTS.z2_size, ge=1)
-    hidden: int = Field(_DEFAULTS.hidden, ge=1)
-    pseudoinputs: Literal["random", "data"] = _DEFAULTS.pseudoinputs  # type: ignore[assignment]
-    train_limit: int | None = Field(_DEFAULTS.train_limit, ge=1)
+    epochs: Count = _DEFAULTS.epochs
+    warmup: CountOrZero = _DEFAULTS.warmup
+    patience: CountOrZero = _DEFAULTS.patience
+    batch_size: Count = _DEFAULTS.batch_size
+    z1_size: Count = _DEFAULTS.z1_size
+    z2_size: Count = _DEFAULTS.z2_size
+    hidden: Count = _DEFAULTS.hidden
+    pseudoinputs: PseudoInputs = _DEFAULTS.pseudoinputs
+    train_limit: Count | None = _DEFAULTS.train_limit
 
 
 class Search(_Section):
@@ -228,8 +229,8 @@ class Resources(_Section):
 class Evaluation(_Section):
     """The champions' test log-likelihood by importance sampling."""
 
-    samples: int = Field(_DEFAULTS.samples, ge=1)
-    test_limit: int | None = Field(_DEFAULTS.test_limit, ge=1)
+    samples: Count = _DEFAULTS.samples
+    test_limit: Count | None = _DEFAULTS.test_limit
 
 
 class Tracking(_Section):

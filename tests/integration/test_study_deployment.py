@@ -37,7 +37,7 @@ def test_remote_tracking_server_postgres_and_s3_storage(home, tmp_path, s3_serve
         names = {row[0] for row in db.execute("select name from runs where status = 'FINISHED'")}
     t = Tracked(mlflow_server.tracking_uri, "remote")
     assert {r.info.run_name for r in t.trials + t.parents} <= names and len(t.trials) == 4
-    mlflow_keys = s3_keys(s3_server, MLFLOW_BUCKET, "mlflow/")
+    mlflow_keys = s3_keys(s3_server, MLFLOW_BUCKET, f"mlflow/{t.experiment_id}/")  # this study's (the server is shared)
     assert sum(k.endswith("model/weights.pt") for k in mlflow_keys) == len(t.trials)  # every trial's best weights
     assert sum(k.endswith("figures/generations.png") for k in mlflow_keys) == len(result["champions"])
 

@@ -1,6 +1,7 @@
 """`study run` on the embedded default (local Ray, MLflow on SQLite, local storage), as a user
 runs it: the quickstart end to end, bad input, a diverging trial."""
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -129,7 +130,8 @@ def test_a_diverging_trial_is_a_result_not_retried_and_the_study_goes_on(home, t
     diverged = [r for r in t.trials if r.data.tags["vamp.stop_reason"] == "diverged"]
     assert diverged and len(diverged) < len(t.trials)
     for run in diverged:
-        assert run.data.params["lr"] == "100000.0" and "loss is nan" in run.data.tags["vamp.failure"]
+        assert run.data.params["lr"] == "100000.0"
+        assert re.search(r"loss is (nan|inf) at epoch 1", run.data.tags["vamp.failure"])
     lines = result_lines(Path(home["STUDY_HOME"]) / "ray", "diverge")
     for run in diverged:  # ended at once and never retried
         assert len(lines[run.data.tags["vamp.trial_id"]]) == 1

@@ -55,7 +55,7 @@ REFERENCE_EPOCH = {
 REFERENCE_IS = {("vae", "vampprior"): (0.5, 0.6), ("hvae", "vampprior"): (0.7, 1.0)}
 #: Targets of the issue (on this CPU).
 TARGET_EPOCH_VS_REFERENCE = 0.85  # hvae+vampprior epoch <= 0.85 x reference
-TARGET_EPOCH_VS_FLOOR = 1.3  # ... and <= 1.3 x its floor
+TARGET_EPOCH_VS_FLOOR = 1.5  # ... and <= 1.5 x its floor (the conv-speed issue; 1.3 before)
 TARGET_IS_SPEEDUP = {("vae", "vampprior"): 10.0, ("hvae", "vampprior"): 4.0}
 
 BEGIN, END = "<!-- bench_speed:begin -->", "<!-- bench_speed:end -->"
@@ -316,11 +316,11 @@ def markdown(rows: list[Row], header: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, text: str) -> None:
+def write_markdown(path: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
     """Replace the generated block of `path` (between the markers), keeping the prose around it."""
     old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", lambda _: text, old, flags=re.S)
+    if begin in old and end in old:
+        new = re.sub(re.escape(begin) + ".*?" + re.escape(end) + "\n?", lambda _: text, old, flags=re.S)
     else:
         new = (old + "\n" if old else "# Benchmarks\n\n") + text
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,16 @@ from torch import nn
 
 from tests.helpers import BINARY, GRAY, images
 from trainables.config import TrainConfig
-from trainables.layers import GatedConv2d, GatedDense, GaussianHead, MaskedConv2d, paper_init
+from trainables.layers import (
+    ChannelsLast,
+    GatedConv2d,
+    GatedDense,
+    GaussianHead,
+    MaskedConv2d,
+    _pad_rows,
+    gate_channels,
+    paper_init,
+)
 from trainables.models import MODELS, build_model
 
 
@@ -90,3 +99,84 @@ def test_every_fused_layer_declares_its_pieces(model, spec, n_params):
     for name, layer in m.named_modules():
         expected = 2 if name in fused else n_params if name == output else 1
         assert getattr(layer, "normalised_pieces", 1) == expected, name
+
+
+# ---------------------------------------------------------------- the speed-ups compute the same
+
+
+def _grads(fn, *tensors, grad_out=None, seed=1):
+    """fn's output and the gradients of a random linear function of it w.r.t. `tensors`."""
+    for t in tensors:
+        t.grad = None
+    out = fn()
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)) if grad_out is None else grad_out
+    out.backward(g.contiguous(memory_format=torch.channels_last) if out.dim() == 4 else g)
+    return [out.detach().clone()] + [t.grad.clone() for t in tensors]
+
+
+def _channels_last(x):
+    return ChannelsLast()(x)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_gating_in_one_operator_matches_h_times_sigmoid_g_with_gradients(layout):
+    torch.manual_seed(0)
+    y = torch.randn(3, 8, 5, 6)
+    y = (_channels_last(y) if layout == "channels_last" else y).requires_grad_(True)
+    ours = _grads(lambda: gate_channels(y), y)
+    reference = _grads(lambda: y[:, :4] * torch.sigmoid(y[:, 4:]), y)
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+    out = gate_channels(y)
+    assert out.shape == (3, 4, 5, 6)
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_channels_last_keeps_the_values_and_puts_channels_innermost(c):
+    x = torch.randn(2, c, 4, 5)
+    y = ChannelsLast()(x)
+    assert torch.equal(y, x) and y.stride()[1] == 1 and y.is_contiguous(memory_format=torch.channels_last)
+    if c == 1:
+        assert y.data_ptr() == x.data_ptr()  # a view, no copy
+
+
+@pytest.mark.parametrize("kernel", [3, 7])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_one_channel_gated_conv_gradients_match_conv2d(kernel, layout):
+    """GatedConv2d with one input channel computes its input gradient by products and col2im
+    (in chunks of images); values and all gradients are conv2d's up to rounding."""
+    torch.manual_seed(0)
+    layer = GatedConv2d(1, 5, kernel, 1, kernel // 2)
+    x = torch.rand(40, 1, 9, 8)  # more images than one chunk
+    x = (_channels_last(x) if layout == "channels_last" else x).requires_grad_(True)
+    params = (x, layer.conv.weight, layer.conv.bias)
+    ours = _grads(lambda: layer(x), *params)
+
+    def reference():
+        h, g = nn.functional.conv2d(x, layer.conv.weight, layer.conv.bias, 1, kernel // 2).chunk(2, 1)
+        return h * torch.sigmoid(g)
+    torch.testing.assert_close(ours, _grads(reference, *params), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask, c_in, bias", [("A", 3, False), ("B", 6, False), ("B", 4, True)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_masked_convolution_on_its_upper_rows_matches_the_full_kernel(mask, c_in, bias, layout):
+    """The forward pass and the input's gradient skip the hidden rows; the output and every
+    gradient (the hidden taps' included) are those of conv2d with the masked 3x3 weight."""
+    torch.manual_seed(0)
+    conv = MaskedConv2d(mask, c_in, 5, 3, 1, 1, bias=bias)
+    x = torch.randn(4, c_in, 7, 6)
+    x = (_channels_last(x) if layout == "channels_last" else x).requires_grad_(True)
+    params = (x, conv.weight) + ((conv.bias,) if bias else ())
+    ours = _grads(lambda: conv(x), *params)
+    reference = _grads(lambda: nn.functional.conv2d(x, conv.weight, conv.bias, 1, 1), *params)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    assert (ours[2][conv.mask == 0] != 0).any()  # hidden taps keep their gradients
+
+
+@pytest.mark.parametrize("top, bottom", [(1, 0), (0, 1), (2, 3)])
+def test_pad_rows_is_f_pad_in_the_same_layout(top, bottom):
+    for x in (torch.randn(2, 3, 4, 5), _channels_last(torch.randn(2, 3, 4, 5))):
+        y = _pad_rows(x, top, bottom)
+        assert torch.equal(y, nn.functional.pad(x, (0, 0, top, bottom)))
+        assert y.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(memory_format=torch.channels_last)

@@ -131,3 +131,42 @@ def test_vampprior_pseudo_inputs_are_k_images():
     torch.manual_seed(0)
     hv = build_model(TrainConfig(model="hvae", prior="vampprior", K=500), BINARY, images(BINARY, 4))
     assert hv.prior.pseudo_inputs.weight.shape == (500, 784)
+
+
+# ---------------------------------------------------------------- memory layout of the conv models
+
+
+@pytest.mark.parametrize("model", ["convhvae", "pixelhvae"])
+def test_convolutions_run_channels_last_and_parameters_stay_contiguous(model):
+    """The conv stacks run on channels-last activations (layers.ChannelsLast); the parameters and
+    their gradients stay contiguous, which the optimizer's per-piece views and fused Adam (one
+    layout for parameter, gradient and moments) rely on."""
+    from trainables.layers import MaskedConv2d
+
+    m = small(model, "vampprior")
+    outputs = []
+    for layer in m.modules():
+        if isinstance(layer, (GatedConv2d, MaskedConv2d)):
+            layer.register_forward_hook(lambda _, __, out: outputs.append(out))
+    m.loss(images(BINARY, 3))[0].backward()
+    assert outputs and all(o.is_contiguous(memory_format=torch.channels_last) for o in outputs)
+    for name, p in m.named_parameters():
+        assert p.is_contiguous() and p.grad.is_contiguous(), name
+
+
+@pytest.mark.parametrize("model", ["convhvae", "pixelhvae"])
+def test_conv_training_steps_are_reproducible_for_a_seed(model):
+    from trainables.optim import NormalizedAdam
+
+    def train():
+        m = small(model, "vampprior")
+        opt = NormalizedAdam.for_model(m, lr=1e-3)
+        torch.manual_seed(3)
+        for _ in range(2):
+            opt.zero_grad(set_to_none=True)
+            m.loss(images(BINARY, 5), beta=0.5)[0].backward()
+            opt.step()
+        return [p.detach().clone() for p in m.parameters()]
+
+    for a, b in zip(train(), train()):
+        assert torch.equal(a, b)

@@ -13,6 +13,9 @@ likelihood parameters per pixel (1 Bernoulli, 2 discretized logistic).
              one masked 'A' and seven masked 'B' 3x3 convolutions of 64 channels with
              batch normalisation and ReLU; for gray data its 1x1 output convolutions have no
              bias (as in the original).
+
+The convolution stacks take their images in channels-last memory (`_image`, layers.ChannelsLast):
+the same values and parameters, a faster layout for oneDNN's convolutions on the CPU.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from trainables.layers import GatedConv2d, GatedDense, GaussianHead, Joint, MaskedConv2d
+from trainables.layers import ChannelsLast, GatedConv2d, GatedDense, GaussianHead, Joint, MaskedConv2d
 from trainables.models.decoders import Observation, OneLevelDecoder, TwoLevelDecoder
 from trainables.models.encoders import OneLevelEncoder, TwoLevelEncoder
 from trainables.optim import split_into
@@ -61,9 +64,15 @@ def _conv_out(c_in: int, n_params: int, shape: Shape, bias: bool = True) -> nn.M
                          nn.Unflatten(1, (n_params, dim)))
 
 
+def _image(shape: Shape) -> nn.Module:
+    """A flat (N, D) batch as images (N, C, H, W) in channels-last memory, the layout every
+    convolution stack here runs in (layers.ChannelsLast)."""
+    return nn.Sequential(nn.Unflatten(1, shape), ChannelsLast())
+
+
 def _to_image(d_in: int, shape: Shape) -> nn.Module:
     """A latent vector to a D-pixel image by one gated dense layer."""
-    return nn.Sequential(GatedDense(d_in, shape[0] * shape[1] * shape[2]), nn.Unflatten(1, shape))
+    return nn.Sequential(GatedDense(d_in, shape[0] * shape[1] * shape[2]), _image(shape))
 
 
 def _p_z1(s: Sizes) -> nn.Module:
@@ -81,7 +90,7 @@ def _conv_body(shape: Shape, first_kernel: int, third_kernel: int) -> nn.Module:
     the paper's convolutional encoders (q(z2|x) uses kernels 7 and 5 where q(z1|x,z2) uses 3)."""
     k1, k3 = first_kernel, third_kernel
     return nn.Sequential(
-        nn.Unflatten(1, shape),
+        _image(shape),
         GatedConv2d(shape[0], 32, k1, 1, k1 // 2), GatedConv2d(32, 32, 3, 2, 1),
         GatedConv2d(32, 64, k3, 1, k3 // 2), GatedConv2d(64, 64, 3, 2, 1),
         GatedConv2d(64, 6, 3, 1, 1), nn.Flatten(),
@@ -138,10 +147,10 @@ def convhvae(shape: Shape, likelihood, s: Sizes) -> Parts:
 def pixelhvae(shape: Shape, likelihood, s: Sizes) -> Parts:
     d = shape[0] * shape[1] * shape[2]
     layers: list[nn.Module] = [MaskedConv2d("A", 3 * shape[0], 64, 3, 1, 1, bias=False),
-                               nn.BatchNorm2d(64), nn.ReLU()]
-    for _ in range(7):
-        layers += [MaskedConv2d("B", 64, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
-    p_x = Joint([nn.Unflatten(1, shape), _to_image(s.z1, shape), _to_image(s.z2, shape)],
+                               nn.BatchNorm2d(64), nn.ReLU(inplace=True)]
+    for _ in range(7):  # ReLU in place on the batch norm's output, as the original's ReLU(True)
+        layers += [MaskedConv2d("B", 64, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)]
+    p_x = Joint([_image(shape), _to_image(s.z1, shape), _to_image(s.z2, shape)],
                 nn.Sequential(*layers, _conv_out(64, likelihood.n_params, shape,
                                                  bias=likelihood.n_params == 1)))
     decoder = TwoLevelDecoder(_p_z1(s), Observation(p_x, likelihood, d, autoregressive=True))

@@ -37,8 +37,33 @@ class NormalizedAdam(torch.optim.Adam):
         for layer in model.modules():
             pieces = getattr(layer, "normalised_pieces", 1)
             groups.setdefault(pieces, []).extend(layer.parameters(recurse=False))
-        return cls([{"params": params, "pieces": pieces}
-                    for pieces, params in sorted(groups.items()) if params], **options)
+        optimizer = cls([{"params": params, "pieces": pieces}
+                         for pieces, params in sorted(groups.items()) if params], **options)
+        position = {id(p): i for i, p in enumerate(model.parameters())}
+        optimizer._model_positions = [position[id(p)] for g in optimizer.param_groups for p in g["params"]]
+        return optimizer
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Also takes the state of an optimizer that held every parameter in one group, in the
+        model's order (checkpoints written before the groups followed the pieces)."""
+        positions = getattr(self, "_model_positions", None)
+        if len(state_dict["param_groups"]) == 1 < len(self.param_groups) and positions is not None:
+            state_dict = self._regrouped(state_dict, positions)
+        super().load_state_dict(state_dict)
+
+    def _regrouped(self, state_dict: dict, positions: list[int]) -> dict:
+        (old,) = state_dict["param_groups"]
+        options = {key: value for key, value in old.items() if key != "params"}
+        state, groups, index = {}, [], 0
+        for group in self.param_groups:
+            ids = list(range(index, index + len(group["params"])))
+            for i in ids:
+                saved_id = old["params"][positions[i]]
+                if saved_id in state_dict["state"]:
+                    state[i] = state_dict["state"][saved_id]
+            groups.append({**options, "pieces": group["pieces"], "params": ids})
+            index += len(ids)
+        return {"state": state, "param_groups": groups}
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -63,3 +63,21 @@ def test_the_pieces_survive_a_copy_and_a_resume():
     resumed = NormalizedAdam.for_model(copy.deepcopy(layer), lr=0.1)
     resumed.load_state_dict(opt.state_dict())
     assert [g["pieces"] for g in resumed.param_groups] == [2]
+
+
+def test_a_state_saved_in_one_group_loads_into_the_pieces_groups():
+    """A checkpoint's optimizer state from before the groups followed the pieces (every
+    parameter in one group, the model's order) resumes with each tensor's own moments."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Linear(8, 2))
+    split_into(model[0], 2)
+    x = torch.randn(5, 3)
+    before = torch.optim.Adam(model.parameters(), lr=0.1)  # the old layout: one group
+    model(x).square().sum().backward()
+    before.step()
+    resumed = NormalizedAdam.for_model(model, lr=0.1)
+    resumed.load_state_dict(before.state_dict())
+    assert [g["pieces"] for g in resumed.param_groups] == [1, 2]
+    for p in model.parameters():
+        torch.testing.assert_close(resumed.state[p]["exp_avg"], before.state[p]["exp_avg"])
+    assert all(g["lr"] == 0.1 for g in resumed.param_groups)

@@ -49,7 +49,8 @@ class GatedConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.conv
-        if c.in_channels == 1 and x.requires_grad and x.device.type == "cpu" and _same_size(c):
+        if (c.in_channels == 1 and x.requires_grad and x.device.type == "cpu" and _same_size(c)
+                and not torch.is_autocast_enabled("cpu")):
             return gate_channels(_SingleChannelConv.apply(x, c.weight, c.bias))
         return gate_channels(c(x))
 
@@ -147,8 +148,9 @@ class MaskedConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.no_grad():
-            self.weight.mul_(self.mask)
-        if _same_size(self):
+            if self.weight.mul(1 - self.mask).any():  # masking only when needed keeps the weight's
+                self.weight.mul_(self.mask)           # version: a second call in one graph is fine
+        if _same_size(self) and not torch.is_autocast_enabled(x.device.type):
             return _UpperRowsConv.apply(x, self.weight, self.bias)
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
 

@@ -22,7 +22,8 @@ def split_into(layer: nn.Module, pieces: int) -> None:
 
 
 def _pieces(grad: torch.Tensor, pieces: int) -> list[torch.Tensor]:
-    return [grad] if pieces == 1 else list(grad.view(pieces, -1).unbind(0))
+    """Views of `grad` (whatever its memory layout), one per tensor of the paper's code."""
+    return [grad] if pieces == 1 else list(grad.chunk(pieces, dim=0))
 
 
 class NormalizedAdam(torch.optim.Adam):
@@ -34,9 +35,13 @@ class NormalizedAdam(torch.optim.Adam):
     def for_model(cls, model: nn.Module, **options) -> "NormalizedAdam":
         """The optimizer of every parameter of `model`, grouped by the pieces their layer declares."""
         groups: dict[int, list[nn.Parameter]] = {}
+        seen: set[int] = set()  # a parameter shared by two layers is optimised once
         for layer in model.modules():
             pieces = getattr(layer, "normalised_pieces", 1)
-            groups.setdefault(pieces, []).extend(layer.parameters(recurse=False))
+            for param in layer.parameters(recurse=False):
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    groups.setdefault(pieces, []).append(param)
         optimizer = cls([{"params": params, "pieces": pieces}
                          for pieces, params in sorted(groups.items()) if params], **options)
         position = {id(p): i for i, p in enumerate(model.parameters())}
@@ -45,11 +50,15 @@ class NormalizedAdam(torch.optim.Adam):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Also takes the state of an optimizer that held every parameter in one group, in the
-        model's order (checkpoints written before the groups followed the pieces)."""
+        model's order (checkpoints written before the groups followed the pieces). The pieces
+        describe the model, not the saved run: each group keeps its own."""
         positions = getattr(self, "_model_positions", None)
         if len(state_dict["param_groups"]) == 1 < len(self.param_groups) and positions is not None:
             state_dict = self._regrouped(state_dict, positions)
+        pieces = [group.get("pieces", 1) for group in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, n in zip(self.param_groups, pieces):
+            group["pieces"] = n
 
     def _regrouped(self, state_dict: dict, positions: list[int]) -> dict:
         (old,) = state_dict["param_groups"]

@@ -223,8 +223,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.best_state = state["best_model"]
         progress = Progress(**state["progress"])
-        # a checkpoint written before `record` set the flag holds a spent patience without it
-        progress.stopped_early = progress.stopped_early or progress.out_of_patience(self.config.patience)
+        # stopped early by the counters and this run's patience: a larger patience (or 0) given on
+        # resuming continues a run that had stopped; an old checkpoint without the flag is read right
+        progress.stopped_early = progress.out_of_patience(self.config.patience)
         self.progress = progress
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if state["rng"]["cuda"] and torch.cuda.is_available():

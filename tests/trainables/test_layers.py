@@ -180,3 +180,13 @@ def test_pad_rows_is_f_pad_in_the_same_layout(top, bottom):
         y = _pad_rows(x, top, bottom)
         assert torch.equal(y, nn.functional.pad(x, (0, 0, top, bottom)))
         assert y.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_masked_convolution_runs_twice_in_one_graph():
+    """Masking the weight in place must not break a graph that uses the layer twice (e.g. two
+    losses summed before one backward)."""
+    torch.manual_seed(0)
+    conv = MaskedConv2d("B", 2, 3, 3, 1, 1)
+    x = torch.randn(2, 2, 5, 5)
+    (conv(x).sum() + conv(x).square().sum()).backward()
+    assert conv.weight.grad is not None

@@ -81,3 +81,28 @@ def test_a_state_saved_in_one_group_loads_into_the_pieces_groups():
     for p in model.parameters():
         torch.testing.assert_close(resumed.state[p]["exp_avg"], before.state[p]["exp_avg"])
     assert all(g["lr"] == 0.1 for g in resumed.param_groups)
+
+
+def test_pieces_of_a_channels_last_gradient_and_a_shared_parameter():
+    """A gradient in any memory layout splits into its pieces, and a parameter two layers share
+    is optimised once."""
+    conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    split_into(conv, 2)
+    tied = torch.nn.Sequential(conv, torch.nn.Conv2d(4, 4, 1))
+    tied[1].weight = torch.nn.Parameter(torch.randn(4, 4, 1, 1))
+    tied.append(torch.nn.Conv2d(4, 4, 1))
+    tied[2].weight = tied[1].weight
+    opt = NormalizedAdam.for_model(tied, lr=0.1)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(tied.parameters()))
+    tied(torch.randn(2, 3, 5, 5)).sum().backward()
+    opt.step()
+
+
+def test_a_one_group_state_keeps_this_models_pieces():
+    """Loading a state saved with one group into an optimizer of one group keeps its pieces."""
+    layer = torch.nn.Linear(3, 8)
+    split_into(layer, 2)
+    old = torch.optim.Adam(layer.parameters(), lr=0.1)
+    opt = NormalizedAdam.for_model(layer, lr=0.1)
+    opt.load_state_dict(old.state_dict())
+    assert [g["pieces"] for g in opt.param_groups] == [2]

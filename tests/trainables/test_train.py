@@ -152,3 +152,15 @@ def test_the_figures_ask_the_model_how_many_images_to_generate():
 
     assert [generations(small(m, "standard")) for m in ("vae", "hvae", "convhvae", "pixelhvae")] == [64, 64, 64, 16]
     assert [small("vae", "standard", spec).likelihood.reports_bits_per_dim for spec in (BINARY, GRAY)] == [False, True]
+
+
+def test_a_larger_patience_given_on_resuming_continues_a_run_that_stopped_early(cached, tmp_path):
+    trial = prepare(small_config(epochs=5, warmup=0, patience=1))
+    trainer = Trainer(trial.model, trial.data, trial.config)
+    trainer.progress = Progress(epoch=3, best_val_loss=5.0, best_epoch=1, epochs_without_improvement=2,
+                                stopped_early=True)
+    trainer.save(tmp_path / "checkpoint.pt")
+    for patience, stopped in ((1, True), (10, False), (0, False)):
+        again = Trainer(trial.model, trial.data, small_config(epochs=5, warmup=0, patience=patience))
+        again.load(tmp_path / "checkpoint.pt")
+        assert again.finished == stopped, patience

@@ -86,18 +86,28 @@ class _SingleChannelConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         n, c_out, h, w = grad.shape
         k = weight.shape[-1]
-        grad_x = grad_w = grad_b = None
+        grad_x = None
         if ctx.needs_input_grad[0]:
             g = grad.permute(0, 2, 3, 1).reshape(n, h * w, c_out)  # a view in channels-last memory
             w_t = weight.reshape(c_out, k * k).t()
             step = _SingleChannelConv.CHUNK
             grad_x = torch.cat([F.fold(torch.matmul(w_t, g[i:i + step].transpose(1, 2)), (h, w), k, padding=k // 2)
                                 for i in range(0, n, step)])
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad, x, weight, [c_out] if ctx.has_bias else None, [1, 1], [k // 2, k // 2], [1, 1], False,
-                [0, 0], 1, [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
-        return grad_x, grad_w, grad_b
+        return (grad_x, *_parameter_grads(ctx, grad, x, weight))
+
+
+def _parameter_grads(ctx, grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """The weight's and bias's gradients of a stride-1 'same' convolution, as conv2d's backward
+    gives them (the whole kernel), for the custom convolutions' backward passes; None where
+    autograd does not need them."""
+    needs_weight, needs_bias = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+    if not (needs_weight or needs_bias):
+        return None, None
+    p = weight.shape[-1] // 2
+    _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [p, p], [1, 1], False, [0, 0], 1,
+        [False, needs_weight, needs_bias])
+    return grad_w, grad_b
 
 
 def gate_channels(y: Tensor) -> Tensor:
@@ -175,18 +185,13 @@ class _UpperRowsConv(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, weight, upper = ctx.saved_tensors
         p = weight.shape[-1] // 2
-        conv_backward = torch.ops.aten.convolution_backward
-        grad_x = grad_w = grad_b = None
+        grad_x = None
         if ctx.needs_input_grad[0]:
             # The same product as conv2d(x, upper, padding p), whose output has p more rows
             # at the bottom: those rows get zero gradient.
-            grad_x = conv_backward(_pad_rows(grad, 0, p), x, upper, None, [1, 1], [p, p], [1, 1],
-                                   False, [0, 0], 1, [True, False, False])[0]
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            bias_sizes = [weight.shape[0]] if ctx.has_bias else None
-            _, grad_w, grad_b = conv_backward(grad, x, weight, bias_sizes, [1, 1], [p, p], [1, 1], False,
-                                              [0, 0], 1, [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
-        return grad_x, grad_w, grad_b
+            grad_x = torch.ops.aten.convolution_backward(_pad_rows(grad, 0, p), x, upper, None, [1, 1], [p, p],
+                                                         [1, 1], False, [0, 0], 1, [True, False, False])[0]
+        return (grad_x, *_parameter_grads(ctx, grad, x, weight))
 
 
 def _pad_rows(x: Tensor, top: int, bottom: int) -> Tensor:

@@ -109,7 +109,6 @@ def run_score(folder: Path, *, dataset: str | None, split: str, samples: int, se
     model = model.to(resolve_device(config.device))
     images = test_subset(getattr(load_dataset(config.dataset), split), config.test_limit)
     x = torch.as_tensor(images, dtype=torch.float32, device=next(model.parameters()).device)
-    result = evaluate(model, x, samples=config.samples, seed=config.seed,
-                      gray=model.likelihood.reports_bits_per_dim)
+    result = evaluate(model, x, samples=config.samples, seed=config.seed)
     result.pop("per_example_ll")
     return {"model": str(folder), "dataset": config.dataset, "split": split, **result}

@@ -59,9 +59,10 @@ def bits_per_dim(log_likelihood_nats: float, dim: int) -> float:
     return -log_likelihood_nats / (dim * math.log(2.0))
 
 
-def evaluate(model: Model, x: Tensor, *, samples: int, seed: int, gray: bool) -> dict:
+def evaluate(model: Model, x: Tensor, *, samples: int, seed: int) -> dict:
     """The test figures of one model: each estimate seeded on its own, so that re-scoring the
-    same weights on the same data with the same seed gives the same numbers."""
+    same weights on the same data with the same seed gives the same numbers. Bits per dimension
+    too where the model's likelihood reports them (gray data)."""
     torch.manual_seed(seed)
     ll = log_likelihood(model, x, samples)
     torch.manual_seed(seed)
@@ -74,7 +75,7 @@ def evaluate(model: Model, x: Tensor, *, samples: int, seed: int, gray: bool) ->
         "test_size": int(x.shape[0]),
         "per_example_ll": ll.cpu(),
     }
-    if gray:
+    if model.likelihood.reports_bits_per_dim:
         result["bits_per_dim"] = bits_per_dim(result["test_ll"], x.shape[1])
         result["elbo_bits_per_dim"] = bits_per_dim(result["test_elbo"], x.shape[1])
     return result

@@ -49,7 +49,7 @@ def prepare(config: TrainConfig, splits=None) -> Trial:
 def score(trial: Trial, samples: int | None = None) -> dict:
     """Test figures of the trial's current weights (IS log-likelihood with the config's seed)."""
     return evaluate(trial.model, trial.data.test, samples=samples or trial.config.samples,
-                    seed=trial.config.seed, gray=trial.model.likelihood.reports_bits_per_dim)
+                    seed=trial.config.seed)
 
 
 def generations(model: Model) -> int:

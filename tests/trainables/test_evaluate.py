@@ -54,8 +54,8 @@ def test_draws_split_across_passes_give_the_same_estimate(model_and_data):
 
 def test_evaluate_is_reproducible_with_a_seed(model_and_data):
     m, x = model_and_data
-    a = evaluate(m, x[:20], samples=50, seed=7, gray=False)
-    b = evaluate(m, x[:20], samples=50, seed=7, gray=False)
+    a = evaluate(m, x[:20], samples=50, seed=7)
+    b = evaluate(m, x[:20], samples=50, seed=7)
     assert a["test_ll"] == b["test_ll"] and a["test_elbo"] == b["test_elbo"]
     assert a["test_ll"] >= a["test_elbo"] and "bits_per_dim" not in a
 
@@ -63,7 +63,7 @@ def test_evaluate_is_reproducible_with_a_seed(model_and_data):
 def test_gray_models_report_bits_per_dim():
     m = small("vae", "standard", GRAY).eval()
     x = images(GRAY, 10)
-    r = evaluate(m, x, samples=20, seed=0, gray=True)
+    r = evaluate(m, x, samples=20, seed=0)
     assert r["bits_per_dim"] == pytest.approx(-r["test_ll"] / (560 * math.log(2)))
 
 

@@ -29,7 +29,7 @@ def protocol_text(row: dict) -> str:
     p = row["protocol"]
     if p is None:
         return DASH
-    return f"{p['protocol'] or '?'}: S={p['samples']}, test {p['test_size']}, train {p['train_size']}"
+    return f"{p['protocol']}: S={p['samples']}, test {p['test_size']}, train {p['train_size']}"
 
 
 def epochs_text(row: dict) -> str:

@@ -7,6 +7,7 @@ import math
 from collections import Counter
 
 from study.report.collect import Champion, StudyRecord
+from study.protocol import Protocol
 from study.report.paper import HIGHER_IS_BETTER, METRIC, PaperTable, better, difference
 
 #: The figures the report draws (file names in the report folder).
@@ -34,10 +35,11 @@ def champion_value(tags: dict[str, str], unit: str) -> float | None:
     return _number(tags.get(METRIC[unit]))
 
 
-def protocol(tags: dict[str, str]) -> dict:
-    """The evaluation protocol a version was registered with (see study.registry.Protocol)."""
-    return {"protocol": tags.get("protocol"), "samples": _int(tags.get("protocol.samples")),
-            "test_size": _int(tags.get("protocol.test_size")), "train_size": _int(tags.get("protocol.train_size"))}
+def protocol(tags: dict[str, str]) -> dict | None:
+    """The evaluation protocol a version was registered with (None for a version without it)."""
+    p = Protocol.from_tags(tags)
+    return None if p is None else {"protocol": "full" if p.full else "reduced", "samples": p.samples,
+                                   "test_size": p.test_size, "train_size": p.train_size}
 
 
 def _champion(champion: Champion | None, unit: str) -> dict:

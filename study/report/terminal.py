@@ -38,7 +38,7 @@ def _champion(row: dict) -> str:
 
 def _protocol(row: dict) -> str:
     p = row["protocol"]
-    return render.DASH if p is None else f"{p['protocol'] or '?'} S={p['samples']} test={p['test_size']}"
+    return render.DASH if p is None else f"{p['protocol']} S={p['samples']} test={p['test_size']}"
 
 
 def _epochs(row: dict) -> str:

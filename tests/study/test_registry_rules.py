@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from study.pull import parse_reference
-from study.registry import Protocol, takes_alias
+from study.protocol import Protocol, takes_alias
 from trainables.errors import InputError
 
 FULL = Protocol.of("static_mnist", 5000, 10000, 50000)

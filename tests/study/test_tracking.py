@@ -116,7 +116,8 @@ def test_mlflow_is_brought_in_line_with_the_ledger(spec, tracker, tmp_path, data
 
 
 def test_the_alias_is_placed_for_a_version_registered_by_a_cut_run(tmp_path):
-    from study.registry import Protocol, _place_alias
+    from study.protocol import Protocol
+    from study.registry import _place_alias
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db", registry_uri=f"sqlite:///{tmp_path}/mlflow.db")
     client.create_registered_model("m")

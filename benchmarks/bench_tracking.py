@@ -55,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from study.search import chosen_settings, Group
-    from study.servers import MlflowServer
+    from study.stack import MlflowServer
     from study.tracking import StudyTracker, TrackingCallback
 
     started = time.time()

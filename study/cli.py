@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from study.command import command, stdout
 from study.errors import StudyFailed, StudyInterrupted
-from study.stack import stack_app
+from study.stack.command import stack_app
 from trainables.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

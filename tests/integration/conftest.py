@@ -1,8 +1,8 @@
-"""Session-scoped fixtures that start the real servers of :mod:`study.servers` once per test
+"""Session-scoped fixtures that start the real servers of :mod:`study.stack` once per test
 session on 127.0.0.1 and stop them at teardown (also when tests fail).
 
 - ``postgres_server``: a private PostgreSQL cluster (role ``vamp``, database ``mlflow``).
-- ``s3_server``: moto's S3 server with fixed credentials.
+- ``s3_server``: an S3 server (SeaweedFS) with generated keys.
 - ``mlflow_server``: MLflow tracking server, backend store in ``postgres_server``, artifacts
   proxied to ``s3://<MLFLOW_BUCKET>/mlflow`` on ``s3_server``.
 """
@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from study.servers import MlflowServer, PostgresServer, S3Server
+from study.stack import MlflowServer, PostgresServer, S3Server
 
 from tests.helpers import MLFLOW_BUCKET, embedded_env
 
@@ -22,7 +22,7 @@ from tests.helpers import MLFLOW_BUCKET, embedded_env
 @pytest.fixture(scope="session")
 def servers_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder holding the session servers' logs (PostgreSQL's cluster may be elsewhere:
-    see :class:`study.servers.PostgresServer`)."""
+    see :class:`study.stack.PostgresServer`)."""
     return tmp_path_factory.mktemp("servers")
 
 
@@ -39,13 +39,13 @@ def postgres_server(servers_folder: Path) -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="session")
 def s3_server(servers_folder: Path) -> Iterator[S3Server]:
-    """A running moto S3 server; stopped at teardown."""
-    server = S3Server(folder=servers_folder / "s3")
+    """A running S3 server; removed (stopped, its objects deleted) at teardown."""
+    server = S3Server(servers_folder / "s3")
     try:
         server.start()
         yield server
     finally:
-        server.stop()
+        server.remove()
 
 
 @pytest.fixture(scope="session")

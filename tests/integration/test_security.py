@@ -4,8 +4,8 @@ value, and none of them appears in what the study leaves behind: MLflow params, 
 run and model metadata (through the API and in the backend database), artifacts and Ray storage
 (every object of the bucket), the study's output, the servers' logs and Ray's session logs, nor
 on any process's command line. A control writes a secret into a scratch file and checks that
-the same search finds it, so the search itself can fail. And the MLflow REST API refuses a
-request without credentials."""
+the same search finds it, so the search itself can fail. And the S3 endpoint and the MLflow
+REST API refuse a request without credentials."""
 from __future__ import annotations
 
 import base64
@@ -104,8 +104,27 @@ def secret_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         study("stack", "down", "--folder", folder, "--purge", env=base, timeout=180)
 
 
-def test_mlflow_refuses_requests_without_credentials(secret_stack):
+def test_servers_refuse_requests_without_credentials(secret_stack):
     env, values, _ = secret_stack
+    # S3: no signature, or a signature with the wrong secret
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    for client, code in (
+        (boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      config=Config(signature_version=UNSIGNED)), "AccessDenied"),
+        (boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id=values["S3 access key"], aws_secret_access_key="not-the-secret"),
+         "SignatureDoesNotMatch")):
+        with pytest.raises(ClientError) as refused:
+            client.list_objects_v2(Bucket="vamp-study")
+        assert refused.value.response["Error"]["Code"] == code
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(env["AWS_ENDPOINT_URL"] + "/vamp-study/", timeout=10)
+    assert refused.value.code == 403
+    # MLflow
     url = env["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=10"
     for headers in ({}, {"Authorization": "Basic " + base64.b64encode(b"vamp:not-the-password").decode()}):
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -236,11 +255,12 @@ def test_no_credential_in_what_a_study_leaves(secret_stack, tmp_path: Path, data
     assert any("/logs/raylet.out" in where for where, _ in logs)
     assert any("/logs/worker-" in where for where, _ in logs)  # the trials' own logs
     assert any("/logs/runtime_env_agent.log" in where for where, _ in logs)
-    # The S3 server's own request log shows the access key ID inside presigned URLs
-    # (X-Amz-Credential=<key id>/...): SigV4 puts the key ID, never the secret, in every signed
-    # request, as AWS's own access logs do. The key ID is checked everywhere else.
-    s3_log = str(folder / "s3" / "moto.log")
+    assert any("/s3/logs/weed." in where for where, _ in logs)  # the S3 server's log
+    assert any("/s3/data/" in where for where, _ in logs)  # and its data: the objects, its own store
+    # SeaweedFS logs the access key ID of its identity when it starts ("Added admin identity ...
+    # accessKey=<key id>"), as AWS's access logs show key IDs: SigV4 sends the ID, never the
+    # secret, with every request. The key ID is checked everywhere else, the secret everywhere.
     leaks += [(where, name) for where, name in search(logs, wanted)
-              if not (where == s3_log and name == "S3 access key")]
+              if not ("/s3/logs/weed." in where and name == "S3 access key")]
 
     assert not leaks, "credentials found:\n" + "\n".join(f"  {name} in {where}" for where, name in leaks)

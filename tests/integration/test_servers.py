@@ -1,28 +1,19 @@
-"""Integration tests of study.servers: real PostgreSQL, moto S3 and MLflow server processes on
-127.0.0.1 (no mocks). The shared servers start once per session (tests/server_fixtures.py)."""
+"""Integration tests of study.stack: real PostgreSQL, S3 (SeaweedFS) and MLflow server processes on
+127.0.0.1 (no mocks). The shared servers start once per session (tests/integration/conftest.py)."""
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from study.servers import (
-    HOST,
-    LocalStack,
-    MlflowServer,
-    PostgresServer,
-    S3Server,
-    Service,
-    free_port,
-    group_members,
-    pid_alive,
-    port_in_use,
-    process_start_time,
-    stop_pid,
-)
+import psutil
+
+from study.stack import HOST, LocalStack, MlflowServer, PostgresServer, S3Server, Server, free_port, port_in_use
+from tests.processes import alive, snapshot, started_since
 from tests.helpers import pg_connect_args, s3_keys
 
 def _bucket(server: MlflowServer) -> str:
@@ -46,7 +37,7 @@ def test_free_port_is_bindable():
     with socket.socket() as sock:
         sock.bind((HOST, port))
 
-class _Failing(Service):
+class _Failing(Server):
     """A real process that prints and exits before it is ready."""
 
     kind = "failing"
@@ -55,10 +46,17 @@ class _Failing(Service):
         return [sys.executable, "-c", "print('boom: cannot start'); raise SystemExit(3)"]
 
 def test_failed_start_raises_with_log_tail(tmp_path: Path):
-    service = _Failing(tmp_path / "failing.log")
+    service = _Failing(folder=tmp_path)
     with pytest.raises(RuntimeError, match=r"(?s)exited with status 3.*boom: cannot start"):
         service.start(timeout=20)
     assert not service.running
+
+def test_a_reused_pid_is_not_the_server(tmp_path: Path):
+    me = psutil.Process()
+    other = _Failing(folder=tmp_path, pid=me.pid, created=me.create_time() + 1)  # this PID, another start time
+    assert not other.running and other.processes() == []
+    other.stop()  # signals nothing: this test is still here to say so
+    assert me.is_running()
 
 # --------------------------------------------------------------------------- PostgreSQL
 
@@ -106,6 +104,51 @@ def test_s3_pyarrow_filesystem_roundtrip(s3_server: S3Server):
     with s3.open_input_stream("arrow/ray/ckpt/data.bin") as src:
         assert src.read() == payload
     assert s3_keys(s3_server, "arrow", prefix="ray/") == ["ray/ckpt/data.bin"]
+
+def test_s3_refuses_wrong_and_missing_keys(s3_server: S3Server):
+    import urllib.error
+    import urllib.request
+
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    s3_server.create_bucket("locked")
+    s3_server.client().put_object(Bucket="locked", Key="secret.txt", Body=b"s")
+    wrong = boto3.client("s3", endpoint_url=s3_server.endpoint_url, aws_access_key_id=s3_server.access_key,
+                         aws_secret_access_key="not-the-secret", region_name="us-east-1")
+    anonymous = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1",
+                             config=Config(signature_version=UNSIGNED))
+    for client, code in ((wrong, "SignatureDoesNotMatch"), (anonymous, "AccessDenied")):
+        with pytest.raises(ClientError) as refused:
+            client.get_object(Bucket="locked", Key="secret.txt")
+        assert refused.value.response["Error"]["Code"] == code
+    # SeaweedFS's other servers (filer, volume, master) answer only requests signed with the
+    # server's own JWT keys: the object cannot be had around the S3 gateway
+    filer = f"http://{HOST}:{s3_server.ports['filer']}/buckets/locked/secret.txt"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(filer, timeout=10)
+    assert refused.value.code == 401
+
+def test_s3_keeps_objects_across_a_restart(tmp_path: Path):
+    server = S3Server(tmp_path / "s3").start()
+    try:
+        server.create_bucket("kept")
+        payload = os.urandom(6 * 1024 * 1024)  # a multipart upload
+        server.client().upload_fileobj(io.BytesIO(payload), "kept", "big.bin")
+        server.client().put_object(Bucket="kept", Key="small.txt", Body=b"small")
+        etags = {k: server.client().head_object(Bucket="kept", Key=k)["ETag"] for k in ("big.bin", "small.txt")}
+        for kill in (False, True):  # stopped, then killed outright
+            if kill:
+                server.process().kill()
+            server.stop()
+            server.start()
+            assert {k: server.client().head_object(Bucket="kept", Key=k)["ETag"] for k in etags} == etags
+            assert server.client().get_object(Bucket="kept", Key="big.bin")["Body"].read() == payload
+    finally:
+        server.remove()
+    assert not (tmp_path / "s3").exists()
 
 # --------------------------------------------------------------------------- MLflow
 
@@ -169,56 +212,47 @@ def test_mlflow_basic_auth(mlflow_server: MlflowServer, postgres_server: Postgre
 # --------------------------------------------------------------------------- stop and the stack
 
 def test_stop_leaves_no_process_and_frees_port(tmp_path: Path):
-    s3 = S3Server(folder=tmp_path / "s3").start()
-    pg = PostgresServer(tmp_path / "pg").start()
+    before = snapshot()
+    servers = [S3Server(tmp_path / "s3").start(), PostgresServer(tmp_path / "pg").start()]
     try:
-        procs = [(s3, s3.pid, s3.port), (pg, pg.pid, pg.port)]
-        for server, pid, port in procs:
-            assert server.running and pid_alive(pid) and port_in_use(port)
-        s3.stop()
-        pg.stop()
-        for server, pid, port in procs:
-            assert not server.running and not pid_alive(pid) and not port_in_use(port)
-        assert not group_members(s3.pid)
-        s3.stop()  # stopping twice is fine
-        assert stop_pid(s3.pid) is False
+        started = started_since(before)
+        assert len(started) >= 2 + 5  # weed; the postmaster and its background workers
+        assert all(server.running and port_in_use(server.port) for server in servers)
+        for server in servers:
+            server.stop()
+        assert not alive(started)
+        assert not any(server.running or port_in_use(server.port) for server in servers)
+        servers[0].stop()  # stopping twice is fine
     finally:
-        s3.stop()
-        pg.remove()
+        for server in servers:
+            server.remove()
 
-def test_stop_pid_ignores_reused_pid():
-    pid = os.getpid()
-    assert stop_pid(pid, start_time=process_start_time(pid) + 1) is False  # a different process
-    assert pid_alive(pid)
-
-def test_local_stack_state_roundtrip_and_stop_from_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    stack = LocalStack(tmp_path / "stack")
+def test_local_stack_stops_and_starts_again_from_its_state(tmp_path: Path):
+    before = snapshot()
+    stack = current = LocalStack.create(tmp_path / "stack").start()
     try:
-        stack.start()
+        started = started_since(before)
         assert stack.status() == {"postgres": True, "s3": True, "mlflow": True}
         env = stack.env()
         assert env["MLFLOW_TRACKING_URI"] == stack.mlflow.tracking_uri
         assert env["AWS_ENDPOINT_URL"] == stack.s3.endpoint_url
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"} <= env.keys()
         assert stack.storage_uri == "s3://vamp-study/ray"
-        assert s3_keys(stack.s3, "vamp-study") == []  # the bucket exists
-        state_path = stack.save_state()
+        stack.s3.client().put_object(Bucket="vamp-study", Key="kept.txt", Body=b"kept")
+        state_path = stack.save()
         assert oct(state_path.stat().st_mode & 0o777) == "0o600"
-        for service in stack.services:
-            assert service.log_path.exists()
+        assert all(service.log_path.exists() for service in stack.services)
 
-        pids = [pid for s in stack.services for pid in group_members(s.pid) or [s.pid]]
-        ports = [s.port for s in stack.services]
-        mlflow_group = group_members(stack.mlflow.pid)
-
-        loaded = LocalStack.load_state(state_path)
-        assert loaded.status() == {"postgres": True, "s3": True, "mlflow": True}
-        assert loaded.env() == env
+        loaded = LocalStack.load(tmp_path / "stack")  # as another process would
+        assert loaded.status() == stack.status() and loaded.env() == env
         loaded.stop()
-        assert loaded.status() == {"postgres": False, "s3": False, "mlflow": False}
-        assert stack.status() == {"postgres": False, "s3": False, "mlflow": False}
-        assert mlflow_group and not any(pid_alive(pid) for pid in mlflow_group)
-        assert not any(pid_alive(pid) for pid in pids)
-        assert not any(port_in_use(port) for port in ports)
+        assert loaded.status() == stack.status() == {"postgres": False, "s3": False, "mlflow": False}
+        assert not alive(started)
+        assert not any(port_in_use(s.port) for s in stack.services)
+
+        current = LocalStack.load(tmp_path / "stack")
+        current.start()  # the same ports, credentials and data
+        assert current.env() == env
+        assert s3_keys(current.s3, "vamp-study") == ["kept.txt"]
     finally:
-        stack.remove()
+        current.remove()

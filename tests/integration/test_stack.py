@@ -1,6 +1,6 @@
-"""`study stack up|status|down` as real processes: the local development stack (PostgreSQL, moto S3,
-MLflow with basic auth, a Ray head) starts, is usable from its exported environment, and
-`down` leaves no process and no port behind."""
+"""`study stack up|status|down` as real processes: the local development stack (PostgreSQL, S3,
+MLflow with basic auth, a Ray head) starts, is usable from its exported environment, `down`
+leaves no process and no port behind, and `up` again from the same folder has every object."""
 from __future__ import annotations
 
 import base64
@@ -12,53 +12,18 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import boto3
 import pytest
 
-from study.servers import port_in_use
+from study.stack import port_in_use
 from tests.helpers import study
+from tests.processes import alive, snapshot, started_since
 
 REPO = Path(__file__).resolve().parents[2]
 EXPORTED = {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
             "AWS_SHARED_CREDENTIALS_FILE", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "STUDY_STORAGE", "RAY_ADDRESS",
             "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "STUDY_OPTUNA_STORAGE"}
 KEY_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
-
-
-def live(pid: int) -> bool:
-    """Whether /proc holds a live (not zombie) process ``pid``."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
-
-
-def marked(marker: str) -> list[int]:
-    """PIDs of live processes whose environment carries the Ray head's marker."""
-    entry = f"VAMP_RAY_HEAD={marker}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if entry in (proc / "environ").read_bytes().split(b"\0") and live(int(proc.name)):
-                    pids.append(int(proc.name))
-            except OSError:
-                pass
-    return pids
-
-
-def descendants_of_session(sid: int) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                stat = (proc / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[3]) == sid and fields[0] != "Z":
-                pids.append(int(proc.name))
-    return pids
 
 
 def http_status(url: str, auth: tuple[str, str] | None = None) -> int:
@@ -84,6 +49,7 @@ def test_stack_up_status_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.delenv(name, raising=False)
     folder = tmp_path / "stack"
     env = clean_env(tmp_path / "studies")
+    before = snapshot()
     up = study("stack", "up", "--folder", folder, "--num-cpus", 2, "--json", env=env, timeout=180)
     assert up.returncode == 0, up.stderr[-4000:]
     try:
@@ -93,7 +59,6 @@ def test_stack_up_status_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         credentials = Path(stack_env["AWS_SHARED_CREDENTIALS_FILE"])
         assert oct(credentials.stat().st_mode & 0o777) == "0o600" and "aws_secret_access_key" in credentials.read_text()
         assert stack_env["STUDY_STORAGE"] == "s3://vamp-study/ray" and stack_env["RAY_AUTH_MODE"] == "token"
-        state = json.loads((folder / "stack.json").read_text())
         assert oct((folder / "stack.json").stat().st_mode & 0o777) == "0o600"
         services = result["services"]
         assert set(services) == {"postgres", "s3", "mlflow", "ray"} and all(s["up"] for s in services.values())
@@ -134,10 +99,9 @@ print("CPUS", ray.cluster_resources()["CPU"])
         assert human.returncode == 0 and "ray" in human.stdout and stack_env["RAY_ADDRESS"] in human.stdout
 
         # every process the stack started, the Ray head's included (workers and agents too)
-        pids = [s["pid"] for s in services.values()]
-        ray_pids = marked(state["ray"]["marker"])
-        assert len(ray_pids) >= 4  # ray start, GCS, raylet, agents
-        ray_session = descendants_of_session(state["ray"]["pid"])
+        started = started_since(before)
+        assert {s["pid"] for s in services.values()} <= {p.pid for p in started}
+        assert len(started) >= 10  # weed; postgres and its workers; mlflow; ray start, GCS, raylet, agents
         ports = [s["port"] for s in services.values() if s is not services["ray"]]
     except BaseException:
         study("stack", "down", "--folder", folder, env=env, timeout=120)
@@ -146,8 +110,7 @@ print("CPUS", ray.cluster_resources()["CPU"])
     down = study("stack", "down", "--folder", folder, env=env, timeout=120)
     assert down.returncode == 0, down.stderr[-4000:]
     assert "stopped" in down.stderr
-    assert not [pid for pid in pids + ray_pids + ray_session if live(pid)]
-    assert not marked(state["ray"]["marker"])
+    assert not alive(started)
     assert not any(port_in_use(port) for port in ports)
     assert not port_in_use(services["ray"]["port"], host="127.0.0.2")
 
@@ -155,6 +118,20 @@ print("CPUS", ray.cluster_resources()["CPU"])
     assert status.returncode == 0 and json.loads(status.stdout)["running"] is False
     again = study("stack", "down", "--folder", folder, env=env, timeout=60)
     assert again.returncode == 0 and "already down" in again.stderr
+
+    # `up` again from the same folder: the same addresses and credentials, and every object
+    again = study("stack", "up", "--folder", folder, "--json", env=env, timeout=180)
+    assert again.returncode == 0, again.stderr[-4000:]
+    try:
+        assert json.loads(again.stdout)["env"] == stack_env
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", stack_env["AWS_SHARED_CREDENTIALS_FILE"])
+        s3 = boto3.client("s3", endpoint_url=stack_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
+        for key in ("test/driver", "test/worker"):
+            assert s3.get_object(Bucket="vamp-study", Key=key)["Body"].read() == b"hello"
+    finally:
+        down = study("stack", "down", "--folder", folder, env=env, timeout=120)
+    assert down.returncode == 0, down.stderr[-4000:]
+    assert (folder / "s3" / "data").is_dir()  # kept until --purge
 
     purge = study("stack", "down", "--folder", folder, "--purge", env=env, timeout=60)
     assert purge.returncode == 0 and not folder.exists()

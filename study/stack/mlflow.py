@@ -36,9 +36,7 @@ class MlflowServer(Server):
         fields["folder"] = Path(fields.get("folder") or tempfile.mkdtemp(prefix="vamp-mlflow-")).resolve()
         super().__init__(backend_store_uri=backend_store_uri, artifacts_destination=artifacts_destination, **fields)
 
-    @property
-    def tracking_uri(self) -> str:
-        return f"http://{HOST}:{self.port}"
+    tracking_uri = Server.url
 
     def command(self) -> list[str]:
         exe = Path(sys.executable).with_name("mlflow")

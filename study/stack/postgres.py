@@ -74,6 +74,10 @@ class PostgresServer(Server):
         return self.cluster / "postgres.log"
 
     @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}@{HOST}:{self.port}/{self.database}"
+
+    @property
     def data_dir(self) -> Path:
         return self.cluster / "data"
 
@@ -107,6 +111,7 @@ class PostgresServer(Server):
         self._run(str(PG_BIN / "pg_ctl"), "start", "-D", str(self.data_dir), "-l", str(self.log_path), "-w",
                   "-t", str(int(self.start_timeout)), "-o", options)
         self.pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        self.created = psutil.Process(self.pid).create_time()  # so that a failed bootstrap stops it
         self._bootstrap()
 
     def _bootstrap(self) -> None:

@@ -4,15 +4,17 @@ started, stop them all. The other modules of this package are one server each.
 Every server binds 127.0.0.1 only, logs to a file in its folder (a failed start quotes its last
 lines), and runs in its own session, so that a Ctrl-C in the terminal that started it does not
 reach it. Each process it starts carries a marker in its environment (``VAMP_SERVER=<random
-id>``), inherited by every child however it is re-parented later: stopping signals the server,
-then whatever still carries the marker. A recorded PID is only signalled while its start time
-matches, so a reused PID is never killed.
+id>``), inherited by its children however they are re-parented later (PostgreSQL's backends
+overwrite theirs with their title: they are found as the postmaster's children): stopping
+signals the server, then whatever still carries the marker. A recorded PID is only signalled
+while its start time matches, so a reused PID is never killed.
 
 A server is a pydantic model: its fields are its whole state, so a later process rebuilds it from
 JSON (``model_validate_json``) to report on it or stop it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -30,17 +32,21 @@ HOST = "127.0.0.1"
 MARKER = "VAMP_SERVER"
 
 
+_given: set[int] = set()  # ports free_port has handed out in this process (and their gRPC twins)
+
+
 def free_port(grpc: bool = False) -> int:
-    """A TCP port on 127.0.0.1 free right now; with ``grpc``, one whose port + 10000 is free too
-    (SeaweedFS serves gRPC there)."""
+    """A TCP port on 127.0.0.1 free right now and not handed out before by this process; with
+    ``grpc``, one whose port + 10000 is free too (SeaweedFS serves gRPC there)."""
     while True:
         with socket.socket() as sock:
             sock.bind((HOST, 0))
             port = sock.getsockname()[1]
-        if not grpc:
-            return port
-        port = 20000 + port % 30000
-        if not port_in_use(port) and not port_in_use(port + 10000):
+        if grpc:
+            port = 20000 + port % 30000
+        twins = {port, port + 10000} if grpc else {port}
+        if not twins & _given and not any(map(port_in_use, twins)):
+            _given.update(twins | {p - 10000 for p in twins})
             return port
 
 
@@ -71,19 +77,32 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 def write_private(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` readable by its owner only (mode 0600): passwords, keys, tokens."""
+    """Write ``text`` to ``path`` readable by its owner only (mode 0600): passwords, keys, tokens.
+    The file is replaced whole (a crash leaves the old one or the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+    part = path.with_name(f".{path.name}.part")
+    with open(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
         handle.write(text)
-    os.chmod(path, 0o600)
+    os.replace(part, path)
+    return path
+
+
+def private_folder(path: Path) -> Path:
+    """``path`` as a folder that only its owner can enter (objects, user stores, logs)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
     return path
 
 
 def _live(process: psutil.Process) -> bool:
     try:
-        return process.status() != psutil.STATUS_ZOMBIE
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+class PortTaken(RuntimeError):
+    """A port the server is to listen on is in use."""
 
 
 class Server(BaseModel):
@@ -105,6 +124,11 @@ class Server(BaseModel):
     def log_path(self) -> Path:
         return self.folder / f"{self.kind}.log"
 
+    @property
+    def url(self) -> str:
+        """Where clients reach it."""
+        return f"http://{HOST}:{self.port}"
+
     def command(self) -> list[str]:
         raise NotImplementedError
 
@@ -116,9 +140,13 @@ class Server(BaseModel):
     def ready(self) -> bool:
         return port_in_use(self.port)
 
+    def ports_used(self) -> list[int]:
+        """Every port the server listens on."""
+        return [self.port]
+
     def launch(self) -> None:
         """Start the server's process in a new session and record its PID."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(self.folder)
         with open(self.log_path, "ab") as log:
             self._child = subprocess.Popen(
                 self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -135,7 +163,8 @@ class Server(BaseModel):
             main = psutil.Process(self.pid) if self.pid else None
         except psutil.Error:
             return None
-        if main is None or not _live(main) or abs(main.create_time() - (self.created or 0)) > 0.01:
+        # psutil's start time moves with the wall clock (boot time + ticks): a second's slack
+        if main is None or not _live(main) or abs(main.create_time() - (self.created or 0)) > 1.0:
             return None
         return main
 
@@ -161,11 +190,14 @@ class Server(BaseModel):
         started and raises RuntimeError with the end of the log. Returns self."""
         if self.running:
             return self
-        if port_in_use(self.port):
-            raise RuntimeError(f"{self.kind} server: port {HOST}:{self.port} is already in use")
+        taken = [port for port in self.ports_used() if port_in_use(port)]
+        if taken:
+            raise PortTaken(f"{self.kind} server: port {', '.join(map(str, taken))} of {HOST} is in use by "
+                            "another program")
+        self.pid = self.created = None
         try:
             self.launch()
-            self.created = psutil.Process(self.pid).create_time()
+            self.created = self.created or psutil.Process(self.pid).create_time()
         except Exception as error:  # noqa: BLE001 - reported with the log below
             self._fail(f"could not start: {error}")
 
@@ -179,23 +211,19 @@ class Server(BaseModel):
         return self
 
     def stop(self) -> None:
-        """Stop the server and every process it started; wait until they are gone."""
+        """Stop the server and every process it started (SIGTERM, then SIGKILL to what is left);
+        wait until they are gone."""
         main = self.process()
         if main is not None:
             self.shutdown(main)
-        left = self.processes()
-        if main is not None or left:
-            if not wait_for(lambda: not any(map(_live, left)), self.stop_grace):
-                for sig in (signal.SIGTERM, signal.SIGKILL):
-                    for proc in filter(_live, left):
-                        try:
-                            proc.send_signal(sig)
-                        except psutil.Error:
-                            pass
-                    if wait_for(lambda: not any(map(_live, left)), 5.0):
-                        break
-                else:
-                    raise RuntimeError(f"{self.kind} server: processes {[p.pid for p in left]} did not exit")
+        for sig, wait in ((None, self.stop_grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            for proc in self.processes() if sig else ():
+                with contextlib.suppress(psutil.Error):
+                    proc.send_signal(sig)
+            if wait_for(lambda: not self.processes(), wait, interval=0.2):
+                break
+        else:
+            raise RuntimeError(f"{self.kind} server: processes {[p.pid for p in self.processes()]} did not exit")
         if self._child is not None:
             self._child.wait(timeout=5)
 

@@ -1,6 +1,7 @@
 """A Ray head node for drivers to join, with token authentication and its own temp folder."""
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import sys
@@ -8,9 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
-from study.stack.process import Server, free_port, port_in_use, tail, write_private
+from study.stack.process import Server, free_port, port_in_use, private_folder, write_private
 
 AGENT_PORTS = ("dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                "runtime-env-agent-port", "metrics-export-port")
@@ -36,6 +37,7 @@ class RayHead(Server):
     env: dict[str, str] = {}
     ports: dict[str, int] = Field(default_factory=lambda: {name: free_port() for name in AGENT_PORTS})
     temp_dir: Path | None = None
+    _log_start: int = PrivateAttr(0)
 
     def __init__(self, folder: Path | str | None = None, **fields) -> None:
         folder = Path(folder or tempfile.mkdtemp(prefix="vamp-ray-")).resolve()
@@ -59,6 +61,8 @@ class RayHead(Server):
         """The GCS address drivers join (RAY_ADDRESS)."""
         return f"{self.node_ip}:{self.port}"
 
+    url = address
+
     def command(self) -> list[str]:
         exe = Path(sys.executable).with_name("ray")
         cmd = [str(exe) if exe.exists() else "ray", "start", "--head", "--block", f"--node-ip-address={self.node_ip}",
@@ -68,8 +72,13 @@ class RayHead(Server):
             cmd += [f"--{name}", str(port)]
         return cmd + (["--num-cpus", str(self.num_cpus)] if self.num_cpus is not None else [])
 
+    def ports_used(self) -> list[int]:
+        return [self.port, *self.ports.values()]
+
     def environment(self) -> dict[str, str]:
-        env = {**super().environment(), **self.env, **self.client_env(), "RAY_USAGE_STATS_ENABLED": "0"}
+        # Trials read STUDY_CACHE_DIR and STUDY_DATA_MIRROR from their environment: keep those.
+        kept = {k: v for k, v in os.environ.items() if k.startswith("STUDY_") and "STORAGE" not in k}
+        env = {**super().environment(), **kept, **self.env, **self.client_env(), "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS")
         return env
 
@@ -78,13 +87,17 @@ class RayHead(Server):
         return {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
 
     def launch(self) -> None:
-        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        private_folder(self.temp_dir)
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         if not self.token_path.exists():
             write_private(self.token_path, secrets.token_hex(32))
         super().launch()
 
     def ready(self) -> bool:
-        return "Ray runtime started" in tail(self.log_path, 200) and port_in_use(self.port, self.node_ip)
+        """This start's lines of the log (the log keeps earlier starts') say so, and GCS answers."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_start)
+            return b"Ray runtime started" in log.read() and port_in_use(self.port, self.node_ip)
 
     def remove(self) -> None:
         self.stop()

@@ -53,7 +53,7 @@ def test_failed_start_raises_with_log_tail(tmp_path: Path):
 
 def test_a_reused_pid_is_not_the_server(tmp_path: Path):
     me = psutil.Process()
-    other = _Failing(folder=tmp_path, pid=me.pid, created=me.create_time() + 1)  # this PID, another start time
+    other = _Failing(folder=tmp_path, pid=me.pid, created=me.create_time() - 60)  # this PID, an earlier start
     assert not other.running and other.processes() == []
     other.stop()  # signals nothing: this test is still here to say so
     assert me.is_running()
@@ -146,6 +146,7 @@ def test_s3_keeps_objects_across_a_restart(tmp_path: Path):
             server.start()
             assert {k: server.client().head_object(Bucket="kept", Key=k)["ETag"] for k in etags} == etags
             assert server.client().get_object(Bucket="kept", Key="big.bin")["Body"].read() == payload
+        assert (tmp_path / "s3").stat().st_mode & 0o777 == 0o700  # the objects are readable in its files
     finally:
         server.remove()
     assert not (tmp_path / "s3").exists()

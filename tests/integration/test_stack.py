@@ -144,3 +144,36 @@ def test_infra_script_wraps_the_cli(tmp_path: Path):
     result = subprocess.run([str(script), "status", "--folder", str(tmp_path / "none")], capture_output=True,
                             text=True, timeout=60, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
     assert result.returncode == 0 and "no stack" in result.stdout
+
+
+def test_up_refuses_a_port_of_the_saved_stack_in_use_and_starts_nothing(tmp_path: Path):
+    import socket
+
+    from study.stack import LocalStack
+    from tests.processes import snapshot, started_since
+
+    folder = tmp_path / "stack"
+    saved = LocalStack.create(folder, ray=True, credentials_file=True)
+    saved.save()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", saved.mlflow.port))
+        holder.listen()
+        before = snapshot()
+        up = study("stack", "up", "--folder", folder, env=clean_env(tmp_path / "studies"), timeout=120)
+        assert up.returncode == 2, up.stderr[-3000:]
+        assert f"mlflow {saved.mlflow.port}" in up.stderr and "in use by another program" in up.stderr
+        assert not started_since(before), "a server started"
+    assert LocalStack.load(folder).status() == {"postgres": False, "s3": False, "mlflow": False, "ray": False}
+
+
+def test_a_state_file_it_cannot_read_is_named_with_its_pids(tmp_path: Path):
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    old = {"folder": str(folder), "postgres": {"kind": "postgres", "pid": 4242424, "start_time": 1, "port": 5},
+           "s3": {"kind": "s3", "pid": 4242425, "start_time": 1, "port": 6}}  # an earlier version's
+    (folder / "stack.json").write_text(json.dumps(old))
+    for args in (["up"], ["status"], ["down"], ["down", "--purge"]):
+        result = study("stack", *args, "--folder", folder, env=clean_env(tmp_path / "studies"), timeout=60)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert str(folder / "stack.json") in result.stderr and "PIDs 4242424, 4242425" in result.stderr
+    assert (folder / "stack.json").exists()  # nothing deleted

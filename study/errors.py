@@ -7,4 +7,6 @@ class StudyInterrupted(RuntimeError):
 
 
 class StudyFailed(RuntimeError):
-    """Trials failed after their retries; the message names them and how to resume (exit 1)."""
+    """Trials failed after their retries, or the tracking server or the Optuna storage stayed gone
+    for longer than their clients wait; the message names the trials (and why) or the server, and
+    how to resume (exit 1)."""

@@ -17,10 +17,15 @@ Trial states:
 - FAIL: a trial the driver died creating (before its parameters were stored); not counted.
 
 A trial's key (`<model>-<prior>-<number>`) and seed follow from its group and number alone.
+
+The storage rides out a restart of its database (`PatientStorage`): the ledger is written from
+Tune's control loop, where one failed call would end the study.
 """
 from __future__ import annotations
 
+import functools
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +41,71 @@ ASHA = "asha"
 FAILURE_TEXT = 2000  # characters of an error kept in the ledger (Optuna's user attrs are JSON)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+#: How long a call of the ledger waits for its database to come back (a restart, a fail-over)
+#: before the study gives up.
+OUTAGE_SECONDS = 120.0
+
+
+class LedgerUnreachable(RuntimeError):
+    """The Optuna storage did not answer for OUTAGE_SECONDS; the message names it."""
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether a storage error says the database could not be reached or lost the connection
+    (worth another try), rather than that it refused what was written."""
+    import sqlalchemy.exc
+
+    if isinstance(error, optuna.exceptions.StorageInternalError):  # Optuna wraps SQLAlchemy's errors
+        error = error.__cause__
+    return isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or bool(
+        getattr(error, "connection_invalidated", False))
+
+
+class PatientStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage that rides out an outage of its database: a call that cannot reach it
+    is made again (after 0.5 s, doubling up to 8 s) for up to OUTAGE_SECONDS, then
+    LedgerUnreachable names the storage. Connections that a restart broke are replaced
+    (`pool_pre_ping`). A write is made again only when the database could not be reached or the
+    connection broke: most of Optuna's writes set a value (twice is harmless); a trial finished or
+    created twice needs the connection to break between the database's commit and its answer."""
+
+    def __init__(self, url: str, **kwargs):
+        from study.settings import without_userinfo
+
+        self.public_url = without_userinfo(url)
+        super().__init__(url, **kwargs)
+
+    def _patiently(self, method, *args, **kwargs):
+        deadline, pause = time.monotonic() + OUTAGE_SECONDS, 0.5
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as e:
+                if not _unreachable(e):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    cause = e.__cause__ or e
+                    raise LedgerUnreachable(f"the Optuna storage {self.public_url} did not answer for "
+                                            f"{OUTAGE_SECONDS:g} s: {type(cause).__name__}: "
+                                            f"{str(cause).splitlines()[0][:300]}") from e
+                time.sleep(pause)
+                pause = min(2 * pause, 8.0)
+
+
+def _patient(name: str):
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        return self._patiently(method, *args, **kwargs)
+    return call
+
+
+# Every call of Optuna's storage API (what studies, trials and the cache call) is patient.
+for _name, _member in vars(optuna.storages.BaseStorage).items():
+    if callable(_member) and not _name.startswith("_"):
+        setattr(PatientStorage, _name, _patient(_name))
 
 
 @dataclass
@@ -54,8 +124,9 @@ class Ticket:
         return self.group.trial_key(self.number)
 
 
-def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
-    """The RDB storage at `url`; with create=False, no file, table or schema is created."""
+def open_storage(url: str, create: bool = True) -> PatientStorage:
+    """The RDB storage at `url` (patient: see PatientStorage); with create=False, no file, table or
+    schema is created."""
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if create:
@@ -65,7 +136,7 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
         kwargs = {"connect_args": {"timeout": 60}}
     else:
         kwargs = {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=not create)
+    return PatientStorage(url, engine_kwargs=kwargs, skip_table_creation=not create)
 
 
 def existing_groups(url: str, study: str) -> list[str]:

@@ -134,9 +134,26 @@ def start_ray(targets: Targets, spec: StudySpec) -> None:
         raise
 
 
-def tuner_for(study: StudyRun, callbacks: list, trainable=train_trial) -> tune.Tuner:
+class _StopWhen(tune.Stopper):
+    """Ends the whole Tune run once `condition()` holds: Tune stops every trial without completion
+    callbacks, as on Ctrl-C, so each stays resumable in the ledger."""
+
+    def __init__(self, condition):
+        self.condition = condition
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.condition()
+
+    def __getstate__(self) -> dict:  # pickled into tuner.pkl with the run config; never restored
+        return {}
+
+
+def tuner_for(study: StudyRun, callbacks: list, trainable=train_trial, stop_when=None) -> tune.Tuner:
     """The run's Tune experiment; `trainable(config, *, base, splits)` is the trial (a stand-in in
-    benchmarks/bench_scheduler.py)."""
+    benchmarks/bench_scheduler.py); once `stop_when()` holds, every trial stops, resumable."""
     spec = study.spec
     base = fixed_settings(spec)
     trainable = tune.with_resources(tune.with_parameters(trainable, base=base, splits=study.splits_ref),
@@ -161,6 +178,7 @@ def tuner_for(study: StudyRun, callbacks: list, trainable=train_trial) -> tune.T
         run_config=tune.RunConfig(
             name=study.folder.experiment_name(study.run), storage_path=study.folder.uri,
             callbacks=[LedgerCallback(study.ledger), *callbacks], verbose=0,
+            stop=_StopWhen(stop_when) if stop_when else None,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=spec.search.retries)),
     )
@@ -195,18 +213,20 @@ def _stop_on_request(study: StudyRun):
 
 
 def run_trials(study: StudyRun, console: Console) -> None:
-    """Run every trial the ledger still has to run, tracked in MLflow; wait for the tracking."""
+    """Run every trial the ledger still has to run, tracked in MLflow; wait for the tracking.
+    A tracking server that is gone (a call failed after the client's retries) stops the trials,
+    resumable, and flush() raises TrackingError."""
     tracking = TrackingCallback(study.tracker, study.parent_id, fixed_settings(study.spec))
     live = LiveTable(console, f"study {study.spec.name}")
     try:
         with _stop_on_request(study):
-            tuner_for(study, [tracking, live]).fit()
+            tuner_for(study, [tracking, live], stop_when=lambda: tracking.failed).fit()
     except BaseException:  # what was tracked still gets written; the first error is the one told
         try:
             tracking.flush()
         except Exception as e:  # noqa: BLE001
             console.print(f"tracking: {e}")
         raise
-    if tracking.backlog():
+    if tracking.backlog() and not tracking.failed:
         console.print(f"writing {tracking.backlog()} tracking calls to {study.targets.public()['tracking_uri']}")
     tracking.flush()

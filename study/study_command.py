@@ -155,6 +155,13 @@ def _run(spec: StudySpec, targets, folder: StudyFolder, manifest: Manifest | Non
     except KeyboardInterrupt:
         state = "interrupted"
         raise
+    except (StudyInterrupted, StudyFailed):
+        raise
+    except Exception as e:
+        why = _server_gone(spec, targets, e)
+        if why is None:
+            raise
+        raise StudyFailed(why) from e
     finally:
         try:
             folder.end_run(manifest, state)
@@ -166,6 +173,34 @@ def _run(spec: StudySpec, targets, folder: StudyFolder, manifest: Manifest | Non
 
 def _resume_hint(spec: StudySpec, what: str) -> str:
     return f"study {spec.name!r} {what}; every unfinished trial continues from its checkpoint with `study resume {spec.source}`"
+
+
+def _server_gone(spec: StudySpec, targets, error: BaseException) -> str | None:
+    """What to tell when the tracking server or the Optuna storage failed for longer than their
+    clients wait (MLflow's retries, the ledger's OUTAGE_SECONDS): which one, and that `study resume`
+    continues (the checkpoints and the ledger hold every trial's progress; a resume brings MLflow up
+    to date). None for any other error. Tune re-raises an error of its callbacks as a TuneError of
+    its traceback: the cause is looked for along the chain."""
+    from mlflow.exceptions import MlflowException
+
+    from study.ledger import LedgerUnreachable
+    from study.tracking import TrackingError
+
+    where, chain = targets.public(), []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    gone = next((e for e in chain if isinstance(e, (LedgerUnreachable, TrackingError, MlflowException))), None)
+    if gone is None:
+        return None
+    if isinstance(gone, LedgerUnreachable):
+        server = f"the Optuna storage {where['optuna_storage']}"
+    else:
+        server = f"the MLflow tracking {'store' if targets.local_tracking else 'server'} {where['tracking_uri']}"
+    detail = str(gone)
+    return (f"study {spec.name!r} stopped: {server} failed ({detail[:400]}). Every trial's progress is in its "
+            f"checkpoints and the Optuna storage: once it answers again, `study resume {spec.source}` continues "
+            "the study and brings MLflow up to date")
 
 
 def _failures(spec: StudySpec, ledger) -> str:

@@ -9,6 +9,13 @@ duplicated.
 `TrackingCallback` mirrors Tune's trials into MLflow on one background thread, in order: Tune's
 control loop only enqueues, so a slow tracking server or a model upload never stalls the
 scheduling of trials. `flush()` waits until everything is written and raises if a call failed.
+
+A call fails only after MLflow's client has retried it (MLFLOW_HTTP_REQUEST_MAX_RETRIES, with
+backoff: about 4 minutes by default), so a tracking server that restarts is ridden out. A call that
+still fails means the server is gone: the callback then writes nothing more (`failed`) and the
+runner stops the study. Writing on would leave gaps that nothing fills later (a resumed trial logs
+the epochs after the last one its run holds); `study resume` brings MLflow up to date instead, from
+the ledger and the checkpoints, which hold everything.
 """
 from __future__ import annotations
 
@@ -140,6 +147,8 @@ class TrackingCallback(tune.Callback):
 
     def _submit(self, fn, *args) -> None:
         def call():
+            if self.failed:  # the server is gone: nothing more is written (see the module)
+                return
             try:
                 fn(*args)
             except Exception as e:  # noqa: BLE001 - reported by flush(), with the study's resume hint
@@ -148,6 +157,11 @@ class TrackingCallback(tune.Callback):
         with self.lock:
             self.pending = [f for f in self.pending if not f.done()]
             self.pending.append(self.writer.submit(call))
+
+    @property
+    def failed(self) -> bool:
+        """A call failed after the client's retries: later calls are skipped, the study should stop."""
+        return bool(self.errors)
 
     def backlog(self) -> int:
         """Tracking calls not written yet."""

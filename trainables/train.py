@@ -218,7 +218,10 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         """Continue from a checkpoint written by `save`."""
-        state = torch.load(path, map_location=self.data.train.device, weights_only=True)
+        self.load_state(torch.load(path, map_location=self.data.train.device, weights_only=True))
+
+    def load_state(self, state: dict) -> None:
+        """Continue from the training state a checkpoint holds (see `save`)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.best_state = state["best_model"]

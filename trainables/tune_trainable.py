@@ -14,11 +14,17 @@ infinite: a result, reported without a checkpoint, not an error to retry).
 
 `evaluate_checkpoint` scores a trial's best weights on the test set and returns the files of the
 saved model and its figures as bytes, so that it can run as a Ray task on any node.
+
+Every upload and download of a checkpoint rides out an outage of the storage (`patiently`): a
+trial that met a restarting S3 server with its checkpoint would otherwise fail, and Tune's retry,
+which comes at once, would fail the same way until the trial's retries were spent.
 """
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,6 +39,26 @@ from trainables.figures import save_figures
 from trainables.train import DIVERGED, ENDED_BY_ITSELF, Diverged, Trainer
 
 CHECKPOINT_FILE = "checkpoint.pt"
+
+#: How long a checkpoint's upload or download waits for its storage to come back.
+STORAGE_OUTAGE_SECONDS = 120.0
+
+
+def patiently(what: str, call):
+    """``call()``, made again while the storage does not answer (an OSError without an errno: a
+    remote storage's, not a local disk's), after 1 s, doubling up to 15 s, for up to
+    STORAGE_OUTAGE_SECONDS; then its error is raised."""
+    deadline, pause = time.monotonic() + STORAGE_OUTAGE_SECONDS, 1.0
+    while True:
+        try:
+            return call()
+        except OSError as error:
+            if error.errno is not None or time.monotonic() + pause > deadline:
+                raise
+            print(f"{what}: the storage did not answer ({str(error)[:300]}); again in {pause:g} s",
+                  file=sys.stderr, flush=True)
+            time.sleep(pause)
+            pause = min(2 * pause, 15.0)
 
 
 def trial_config(base: dict, sampled: dict) -> TrainConfig:
@@ -60,7 +86,9 @@ def _report(values: dict, trainer: Trainer, checkpoint: bool = True) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="vamp-ckpt-") as folder:
         trainer.save(Path(folder) / CHECKPOINT_FILE)
-        tune.report(values, checkpoint=tune.Checkpoint.from_directory(folder))
+        # Tune uploads the checkpoint before it records the report: a failed upload reports nothing
+        patiently(f"checkpoint of epoch {values.get('epoch')}",
+                  lambda: tune.report(values, checkpoint=tune.Checkpoint.from_directory(folder)))
 
 
 def train_trial(sampled: dict, *, base: dict, splits) -> None:
@@ -74,8 +102,7 @@ def train_trial(sampled: dict, *, base: dict, splits) -> None:
         checkpoint = tune.Checkpoint(sampled["checkpoint"])  # a trial resumed by `study resume`
     restored: dict = {}
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            trainer.load(Path(folder) / CHECKPOINT_FILE)
+        trainer.load_state(_training_state(checkpoint, trainer.data.train.device))
         # the epochs before the checkpoint, once (as JSON: Tune's loggers leave a string alone), so
         # that the driver logs those it has not logged yet
         restored = {"restored_history": json.dumps(trainer.progress.history)}
@@ -110,8 +137,10 @@ def checkpoint_uri(checkpoint: tune.Checkpoint) -> str:
 
 def _training_state(checkpoint: tune.Checkpoint | str, device="cpu") -> dict:
     """The training state a trial's checkpoint holds (see Trainer.save)."""
-    with _as_checkpoint(checkpoint).as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+    def read() -> dict:
+        with _as_checkpoint(checkpoint).as_directory() as folder:
+            return torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+    return patiently(f"checkpoint {checkpoint_uri(_as_checkpoint(checkpoint))}", read)
 
 
 def best_weights(checkpoint: tune.Checkpoint | str, device="cpu") -> dict:

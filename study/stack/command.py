@@ -113,7 +113,21 @@ def up_command(
     if as_json:
         return json.dumps({"folder": str(folder), "state_file": str(folder / LocalStack.state_file), "env": env,
                            "services": describe(stack)})
+    return _exports(env)
+
+
+def _exports(env: dict[str, str]) -> str:
     return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+
+
+@command(stack_app, "env")
+def env_command(folder: Optional[Path] = FolderOption) -> str:
+    """Print the environment of the running stack again (for another shell: eval "$(study stack env)")."""
+    folder = _folder(folder)
+    stack = _load(folder)
+    if stack is None or not all(stack.status().values()):
+        raise InputError(f"--folder: no stack runs from {folder}; start it with `study stack up --folder {folder}`")
+    return _exports(stack.env())
 
 
 @command(stack_app, "status")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 import subprocess
 import sys
 import urllib.error
@@ -97,6 +98,10 @@ print("CPUS", ray.cluster_resources()["CPU"])
         assert status.returncode == 0 and json.loads(status.stdout)["running"] is True
         human = study("stack", "status", "--folder", folder, env=env, timeout=60)
         assert human.returncode == 0 and "ray" in human.stdout and stack_env["RAY_ADDRESS"] in human.stdout
+        # the same exports again, for another shell
+        exports = study("stack", "env", "--folder", folder, env=env, timeout=60)
+        assert exports.returncode == 0, exports.stderr[-3000:]
+        assert dict(shlex.split(line)[1].split("=", 1) for line in exports.stdout.splitlines()) == stack_env
 
         # every process the stack started, the Ray head's included (workers and agents too)
         started = started_since(before)
@@ -116,6 +121,8 @@ print("CPUS", ray.cluster_resources()["CPU"])
 
     status = study("stack", "status", "--folder", folder, "--json", env=env, timeout=60)
     assert status.returncode == 0 and json.loads(status.stdout)["running"] is False
+    stale = study("stack", "env", "--folder", folder, env=env, timeout=60)
+    assert stale.returncode == 2 and "no stack runs" in stale.stderr and not stale.stdout
     again = study("stack", "down", "--folder", folder, env=env, timeout=60)
     assert again.returncode == 0 and "already down" in again.stderr
 

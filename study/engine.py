@@ -14,6 +14,10 @@ adapters make it behave as one search and one early stopping per (model, prior) 
 
 They hold no state of their own worth saving: the ledger (an Optuna RDB storage) is the state,
 so Tune's pickles of them (tuner.pkl, searcher checkpoints) are never used to resume.
+
+Tune only logs an error of a callback's `on_checkpoint` and turns one of a searcher's
+`on_trial_complete` into the trial's failure: a ledger whose storage stayed away
+(`LedgerUnreachable`) is recorded as `ledger.gone` there instead, and the runner stops the study.
 """
 from __future__ import annotations
 
@@ -21,10 +25,21 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from study.ledger import Ledger
+from contextlib import contextmanager
+
+from study.ledger import Ledger, LedgerUnreachable
 from study.search import chosen_settings
 from study.tracking import error_text
 from trainables.tune_trainable import checkpoint_uri
+
+
+@contextmanager
+def _unless_gone(ledger: Ledger):
+    """Record a storage that stayed away on the ledger rather than let Tune mistake it (above)."""
+    try:
+        yield
+    except LedgerUnreachable as e:
+        ledger.gone = ledger.gone or e
 
 
 class _NotPickled:
@@ -61,7 +76,8 @@ class GroupedSearch(_NotPickled, Searcher):
         # A failure is recorded by LedgerCallback (it has the error's text); a scheduler stop was
         # recorded when it was decided. What is left: a trial that stopped by itself.
         if not error and result and result.get("stop_reason"):
-            self.ledger.ended(self.keys[trial_id], result)
+            with _unless_gone(self.ledger):
+                self.ledger.ended(self.keys[trial_id], result)
 
     def save_to_dir(self, *args, **kwargs) -> None:
         """Nothing to save: the ledger is the searcher's state."""
@@ -89,7 +105,8 @@ class LedgerCallback(_NotPickled, tune.Callback):
         self.ledger.started(trial.config["trial"])
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        self.ledger.checkpointed(trial.config["trial"], checkpoint_uri(checkpoint))
+        with _unless_gone(self.ledger):
+            self.ledger.checkpointed(trial.config["trial"], checkpoint_uri(checkpoint))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.ledger.failed(trial.config["trial"], error_text(trial))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 OUTAGE_SECONDS = 120.0
 
 
+#: What a database says when it answers and refuses (a wrong password, a missing database).
+REFUSED = re.compile(r"authentication failed|does not exist|permission denied|no pg_hba.conf entry", re.I)
+
+
 class LedgerUnreachable(RuntimeError):
     """The Optuna storage did not answer for OUTAGE_SECONDS; the message names it."""
 
@@ -58,6 +63,8 @@ def _unreachable(error: BaseException) -> bool:
 
     if isinstance(error, optuna.exceptions.StorageInternalError):  # Optuna wraps SQLAlchemy's errors
         error = error.__cause__
+    if REFUSED.search(str(error)):  # it answered: no
+        return False
     return isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or bool(
         getattr(error, "connection_invalidated", False))
 
@@ -102,10 +109,15 @@ def _patient(name: str):
     return call
 
 
-# Every call of Optuna's storage API (what studies, trials and the cache call) is patient.
-for _name, _member in vars(optuna.storages.BaseStorage).items():
-    if callable(_member) and not _name.startswith("_"):
-        setattr(PatientStorage, _name, _patient(_name))
+#: The RDB storage's own methods that Optuna's cache (`_CachedStorage`, which wraps the storage of
+#: every study) calls instead of the public API.
+CACHE_CALLS = ("_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id", "_get_stale_trial_ids")
+
+# Every call of Optuna's storage API, and those the cache makes, is patient.
+for _name in [n for n, m in vars(optuna.storages.BaseStorage).items() if callable(m) and not n.startswith("_")]:
+    setattr(PatientStorage, _name, _patient(_name))
+for _name in CACHE_CALLS:
+    setattr(PatientStorage, _name, _patient(_name))
 
 
 @dataclass
@@ -136,7 +148,15 @@ def open_storage(url: str, create: bool = True) -> PatientStorage:
         kwargs = {"connect_args": {"timeout": 60}}
     else:
         kwargs = {"pool_pre_ping": True}
-    return PatientStorage(url, engine_kwargs=kwargs, skip_table_creation=not create)
+    import sqlalchemy.exc
+
+    try:  # it connects at once: a database that is down (or refuses) is said so, naming it
+        return PatientStorage(url, engine_kwargs=kwargs, skip_table_creation=not create)
+    except sqlalchemy.exc.OperationalError as e:
+        from study.settings import without_userinfo
+
+        raise LedgerUnreachable(f"the Optuna storage {without_userinfo(url)} could not be opened: "
+                                f"{str(e.orig or e).splitlines()[0][:300]}") from e
 
 
 def existing_groups(url: str, study: str) -> list[str]:
@@ -175,6 +195,7 @@ class Ledger:
         self.waiting: set[str] = set()  # issued in this run, not started yet
         self.closed: set[str] = set()  # ended in this run (a late result of one is stopped)
         self.failures: dict[str, str] = {}  # trials that failed in this run of the driver -> why
+        self.gone: LedgerUnreachable | None = None  # the storage stayed away (see study.engine)
 
     # ---------------------------------------------------------------- issuing trials
 

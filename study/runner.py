@@ -12,6 +12,7 @@ its last checkpoint up to `search.retries` times.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import os
 import signal
@@ -214,19 +215,24 @@ def _stop_on_request(study: StudyRun):
 
 def run_trials(study: StudyRun, console: Console) -> None:
     """Run every trial the ledger still has to run, tracked in MLflow; wait for the tracking.
-    A tracking server that is gone (a call failed after the client's retries) stops the trials,
-    resumable, and flush() raises TrackingError."""
+    A tracking server that is gone (a call failed after the client's retries) or a ledger whose
+    storage stayed away stops the trials, resumable; then TrackingError (from flush()) or
+    LedgerUnreachable is raised."""
     tracking = TrackingCallback(study.tracker, study.parent_id, fixed_settings(study.spec))
     live = LiveTable(console, f"study {study.spec.name}")
     try:
         with _stop_on_request(study):
-            tuner_for(study, [tracking, live], stop_when=lambda: tracking.failed).fit()
+            tuner_for(study, [tracking, live], stop_when=lambda: tracking.failed or study.ledger.gone is not None).fit()
     except BaseException:  # what was tracked still gets written; the first error is the one told
         try:
             tracking.flush()
         except Exception as e:  # noqa: BLE001
             console.print(f"tracking: {e}")
         raise
+    if study.ledger.gone is not None:  # stopped for it: write what can be, then say so
+        with contextlib.suppress(Exception):
+            tracking.flush()
+        raise study.ledger.gone
     if tracking.backlog() and not tracking.failed:
         console.print(f"writing {tracking.backlog()} tracking calls to {study.targets.public()['tracking_uri']}")
     tracking.flush()

@@ -7,6 +7,7 @@ MLflow experiment and the storage folders come into being.
 """
 from __future__ import annotations
 
+import re
 import socket
 import time
 import uuid
@@ -175,6 +176,11 @@ def _resume_hint(spec: StudySpec, what: str) -> str:
     return f"study {spec.name!r} {what}; every unfinished trial continues from its checkpoint with `study resume {spec.source}`"
 
 
+#: What an MLflow client's error says when the server did not answer (after its retries).
+UNANSWERED = re.compile(r"Max retries exceeded|Connection refused|Connection aborted|ConnectionError|timed out|"
+                        r"TEMPORARILY_UNAVAILABLE|error code 50[0234]|too many 50\d error responses")
+
+
 def _server_gone(spec: StudySpec, targets, error: BaseException) -> str | None:
     """What to tell when the tracking server or the Optuna storage failed for longer than their
     clients wait (MLflow's retries, the ledger's OUTAGE_SECONDS): which one, and that `study resume`
@@ -198,9 +204,13 @@ def _server_gone(spec: StudySpec, targets, error: BaseException) -> str | None:
     else:
         server = f"the MLflow tracking {'store' if targets.local_tracking else 'server'} {where['tracking_uri']}"
     detail = str(gone)
-    return (f"study {spec.name!r} stopped: {server} failed ({detail[:400]}). Every trial's progress is in its "
-            f"checkpoints and the Optuna storage: once it answers again, `study resume {spec.source}` continues "
-            "the study and brings MLflow up to date")
+    if isinstance(gone, LedgerUnreachable) or UNANSWERED.search(detail):
+        what, when = "did not answer", "once it answers again"
+    else:  # it answered, and refused (credentials, permissions, a bad request): waiting will not help
+        what, when = "refused a call", "once that is put right"
+    return (f"study {spec.name!r} stopped: {server} {what} ({detail[:400]}). Every trial's progress is in its "
+            f"checkpoints and the Optuna storage: {when}, `study resume {spec.source}` continues the study and "
+            "brings MLflow up to date")
 
 
 def _failures(spec: StudySpec, ledger) -> str:

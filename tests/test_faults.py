@@ -99,16 +99,21 @@ def test_the_ledger_waits_for_its_database_and_names_it_when_it_stays_gone(stack
 
     from study import ledger
 
+    import optuna
+
     storage = ledger.open_storage(stack.postgres.database_uri("optuna"))
-    stack.postgres.stop()
-    restart = threading.Timer(3.0, stack.postgres.start)
-    restart.start()
-    asked = time.monotonic()
-    try:
-        storage.get_all_studies()
-    finally:
-        restart.join()
-    assert time.monotonic() - asked > 2.5  # it waited for the restart
+    study = optuna.create_study(storage=storage, study_name=f"patience-{time.time_ns()}")  # behind Optuna's cache
+    for ask in (storage.get_all_studies, study.ask, study.get_trials):
+        stack.postgres.stop()
+        restart = threading.Timer(3.0, stack.postgres.start)
+        restart.start()
+        asked = time.monotonic()
+        try:
+            ask()
+        finally:
+            restart.join()
+        assert time.monotonic() - asked > 2.5, ask  # it waited for the restart
+    assert len(study.get_trials()) == 1
     monkeypatch.setattr(ledger, "OUTAGE_SECONDS", 2.0)
     stack.postgres.stop()
     try:
@@ -118,6 +123,12 @@ def test_the_ledger_waits_for_its_database_and_names_it_when_it_stays_gone(stack
         stack.postgres.start()
     message = str(gone.value)
     assert f"127.0.0.1:{stack.postgres.port}/optuna" in message and stack.postgres.password not in message, message
+    # a database that answers and refuses is not waited for
+    monkeypatch.setattr(ledger, "OUTAGE_SECONDS", 120.0)
+    asked = time.monotonic()
+    with pytest.raises(ledger.LedgerUnreachable, match="password authentication failed"):
+        ledger.open_storage(stack.postgres.database_uri("optuna").replace(stack.postgres.password, "wrong"))
+    assert time.monotonic() - asked < 30
 
 
 def test_tracking_server_gone_past_its_retries_stops_the_study_and_resume_completes_it(stack):
@@ -138,6 +149,7 @@ def test_tracking_server_gone_past_its_retries_stops_the_study_and_resume_comple
         code, text = finish(process, log, timeout=180)
     assert code == 1, text[-4000:]
     assert stack.mlflow.tracking_uri in text and f"study resume {space}" in text, text[-4000:]
+    assert f"the MLflow tracking server {stack.mlflow.tracking_uri} did not answer" in text, text[-4000:]
     results, _ = tune_results(stack.storage, name)
     trained = {key: max(r["epoch"] for r in lines) for key, lines in results.items()}
     assert len(trained) < 4 or min(trained.values()) < EPOCHS, trained  # it stopped, it did not train on

@@ -17,11 +17,14 @@ saved model and its figures as bytes, so that it can run as a Ray task on any no
 
 Every upload and download of a checkpoint rides out an outage of the storage (`patiently`): a
 trial that met a restarting S3 server with its checkpoint would otherwise fail, and Tune's retry,
-which comes at once, would fail the same way until the trial's retries were spent.
+which comes at once, would fail the same way until the trial's retries were spent. An upload is
+not retried itself (Tune's report counts the checkpoint before it uploads it): the trial waits
+until the storage answers, then reports once.
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
 import tempfile
 import time
@@ -44,16 +47,22 @@ CHECKPOINT_FILE = "checkpoint.pt"
 STORAGE_OUTAGE_SECONDS = 120.0
 
 
+#: What a storage's error says when it did not answer (pyarrow's S3 errors carry the AWS SDK's
+#: error names), as opposed to refusing (AccessDenied, NoSuchBucket) or a local disk's error.
+UNANSWERED = re.compile(r"NETWORK_CONNECTION|SERVICE_UNAVAILABLE|SLOW_DOWN|INTERNAL_FAILURE|REQUEST_TIMEOUT|"
+                        r"Could not connect|Connection refused|timed out|HTTP response code 5\d\d")
+
+
 def patiently(what: str, call):
-    """``call()``, made again while the storage does not answer (an OSError without an errno: a
-    remote storage's, not a local disk's), after 1 s, doubling up to 15 s, for up to
-    STORAGE_OUTAGE_SECONDS; then its error is raised."""
+    """``call()``, made again while the storage does not answer (see UNANSWERED), after 1 s,
+    doubling up to 15 s, for up to STORAGE_OUTAGE_SECONDS; then its error is raised. Any other
+    error is raised at once."""
     deadline, pause = time.monotonic() + STORAGE_OUTAGE_SECONDS, 1.0
     while True:
         try:
             return call()
         except OSError as error:
-            if error.errno is not None or time.monotonic() + pause > deadline:
+            if error.errno is not None or not UNANSWERED.search(str(error)) or time.monotonic() + pause > deadline:
                 raise
             print(f"{what}: the storage did not answer ({str(error)[:300]}); again in {pause:g} s",
                   file=sys.stderr, flush=True)
@@ -86,9 +95,10 @@ def _report(values: dict, trainer: Trainer, checkpoint: bool = True) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="vamp-ckpt-") as folder:
         trainer.save(Path(folder) / CHECKPOINT_FILE)
-        # Tune uploads the checkpoint before it records the report: a failed upload reports nothing
+        storage = tune.get_context().get_storage()
         patiently(f"checkpoint of epoch {values.get('epoch')}",
-                  lambda: tune.report(values, checkpoint=tune.Checkpoint.from_directory(folder)))
+                  lambda: storage.storage_filesystem.get_file_info(storage.experiment_fs_path))
+        tune.report(values, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def train_trial(sampled: dict, *, base: dict, splits) -> None:

@@ -480,6 +480,8 @@ def test_kubernetes_s3_service_is_where_the_configmap_points():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert "s3.yaml" in kustomization["resources"]
     assert all((K8S / r).is_file() for r in kustomization["resources"])
+    # the placeholder Secret is never applied: its CHANGE_ME keys would be the S3 server's admin
+    assert "secret.yaml" not in kustomization["resources"]
 
 
 def test_kubernetes_s3_statefulset_runs_seaweedfs_with_the_secrets_keys():

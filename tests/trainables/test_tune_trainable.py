@@ -1,5 +1,5 @@
-"""The trial's storage patience: a checkpoint's upload or download is made again while a remote
-storage does not answer, never for a local disk's error, and not beyond the wait."""
+"""The trial's storage patience: a storage call is made again while a remote storage does not
+answer, never when it refuses or for a local disk's error, and not beyond the wait."""
 from __future__ import annotations
 
 import errno
@@ -30,9 +30,14 @@ def test_a_storage_that_comes_back_is_waited_for():
     assert tune_trainable.patiently("checkpoint", call) == "done" and len(calls) == 4
 
 
-def test_a_local_disk_error_is_raised_at_once():
-    call, calls = failing(1, OSError(errno.ENOSPC, "No space left on device"))
-    with pytest.raises(OSError, match="No space"):
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    OSError("When reading information for key 'k' in bucket 'b': AWS Error ACCESS_DENIED during HeadObject"),
+    OSError("Bucket 'vamp-study' not found"),
+])
+def test_a_refusal_or_a_local_disk_error_is_raised_at_once(error):
+    call, calls = failing(1, error)
+    with pytest.raises(OSError):
         tune_trainable.patiently("checkpoint", call)
     assert len(calls) == 1
 

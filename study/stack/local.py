@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from study.stack.mlflow import MlflowServer
 from study.stack.postgres import PostgresServer
-from study.stack.process import HOST, PortTaken, Server, port_in_use, write_private
+from study.stack.process import HOST, PortTaken, Server, write_private
 from study.stack.ray import RayHead
 from study.stack.s3 import S3Server
 
@@ -90,8 +90,7 @@ class LocalStack(BaseModel):
         self.mlflow.env = self.s3.env()
         if self.ray is not None:
             self.ray.env = {k: v for k, v in self.s3_env().items() if k.startswith("AWS_")}
-        taken = [f"{s.kind} {port}" for s in self.services if not s.running for port in s.ports_used()
-                 if port_in_use(port)]
+        taken = [f"{s.kind} {port}" for s in self.services if not s.running for port in s.ports_taken()]
         if taken:  # before anything starts
             raise PortTaken(f"ports of {HOST} in use by another program: {', '.join(taken)}")
         try:

@@ -6,13 +6,12 @@ import configparser
 import importlib.util
 import io
 import secrets
-import sys
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from study.stack.process import HOST, Server, write_private
+from study.stack.process import HOST, Server, executable, write_private
 
 
 class MlflowServer(Server):
@@ -39,9 +38,8 @@ class MlflowServer(Server):
     tracking_uri = Server.url
 
     def command(self) -> list[str]:
-        exe = Path(sys.executable).with_name("mlflow")
         hosts = f"{HOST}:{self.port},localhost:{self.port},{HOST},localhost"
-        return [str(exe) if exe.exists() else "mlflow", "server", "--host", HOST, "--port", str(self.port),
+        return [executable("mlflow"), "server", "--host", HOST, "--port", str(self.port),
                 "--serve-artifacts", "--artifacts-destination", self.artifacts_destination,
                 "--default-artifact-root", "mlflow-artifacts:/", "--workers", str(self.workers),
                 "--allowed-hosts", hosts, *(["--app-name", "basic-auth"] if self.auth else [])]

@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -48,6 +49,12 @@ def free_port(grpc: bool = False) -> int:
         if not twins & _given and not any(map(port_in_use, twins)):
             _given.update(twins | {p - 10000 for p in twins})
             return port
+
+
+def executable(name: str) -> str:
+    """The program ``name`` installed beside this Python (the project's environment), else from PATH."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.exists() else name
 
 
 def port_in_use(port: int, host: str = HOST) -> bool:
@@ -133,8 +140,9 @@ class Server(BaseModel):
         raise NotImplementedError
 
     def environment(self) -> dict[str, str]:
-        """The server's environment: this process's, less every client setting of the stack."""
-        drop = ("AWS_", "MLFLOW_", "RAY_ADDRESS", "RAY_AUTH_", "STUDY_")
+        """The server's environment: this process's, less the stack's client settings and
+        credentials (Ray's workers keep STUDY_CACHE_DIR and STUDY_DATA_MIRROR, which trials read)."""
+        drop = ("AWS_", "MLFLOW_", "RAY_ADDRESS", "RAY_AUTH_", "STUDY_STORAGE", "STUDY_OPTUNA_STORAGE", "STUDY_STACK_")
         return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
 
     def ready(self) -> bool:
@@ -143,6 +151,10 @@ class Server(BaseModel):
     def ports_used(self) -> list[int]:
         """Every port the server listens on."""
         return [self.port]
+
+    def ports_taken(self) -> list[int]:
+        """Those of its ports that something else listens on now."""
+        return [port for port in self.ports_used() if port_in_use(port)]
 
     def launch(self) -> None:
         """Start the server's process in a new session and record its PID."""
@@ -190,7 +202,7 @@ class Server(BaseModel):
         started and raises RuntimeError with the end of the log. Returns self."""
         if self.running:
             return self
-        taken = [port for port in self.ports_used() if port_in_use(port)]
+        taken = self.ports_taken()
         if taken:
             raise PortTaken(f"{self.kind} server: port {', '.join(map(str, taken))} of {HOST} is in use by "
                             "another program")

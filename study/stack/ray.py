@@ -1,17 +1,15 @@
 """A Ray head node for drivers to join, with token authentication and its own temp folder."""
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field, PrivateAttr
 
-from study.stack.process import Server, free_port, port_in_use, private_folder, write_private
+from study.stack.process import Server, executable, free_port, port_in_use, private_folder, write_private
 
 AGENT_PORTS = ("dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                "runtime-env-agent-port", "metrics-export-port")
@@ -64,8 +62,7 @@ class RayHead(Server):
     url = address
 
     def command(self) -> list[str]:
-        exe = Path(sys.executable).with_name("ray")
-        cmd = [str(exe) if exe.exists() else "ray", "start", "--head", "--block", f"--node-ip-address={self.node_ip}",
+        cmd = [executable("ray"), "start", "--head", "--block", f"--node-ip-address={self.node_ip}",
                "--port", str(self.port), "--disable-usage-stats", "--include-dashboard=false",
                "--temp-dir", str(self.temp_dir)]
         for name, port in self.ports.items():
@@ -76,9 +73,7 @@ class RayHead(Server):
         return [self.port, *self.ports.values()]
 
     def environment(self) -> dict[str, str]:
-        # Trials read STUDY_CACHE_DIR and STUDY_DATA_MIRROR from their environment: keep those.
-        kept = {k: v for k, v in os.environ.items() if k.startswith("STUDY_") and "STORAGE" not in k}
-        env = {**super().environment(), **kept, **self.env, **self.client_env(), "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**super().environment(), **self.env, **self.client_env(), "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS")
         return env
 

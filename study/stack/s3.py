@@ -18,20 +18,14 @@ import secrets
 import shutil
 import tempfile
 import urllib.request
-import sys
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
 
-from study.stack.process import HOST, Server, free_port, private_folder, write_private
+from study.stack.process import HOST, Server, executable, free_port, private_folder, write_private
 
 PARTS = ("master", "volume", "filer", "admin")
-
-
-def _weed() -> str:
-    exe = Path(sys.executable).with_name("weed")
-    return str(exe) if exe.exists() else "weed"
 
 
 class S3Server(Server):
@@ -62,7 +56,7 @@ class S3Server(Server):
 
     def command(self) -> list[str]:
         ports = [f"-{part}.port={port}" for part, port in self.ports.items()]
-        return [_weed(), f"-logdir={self.folder / 'logs'}", "mini", f"-dir={self.data_dir}", f"-ip={HOST}",
+        return [executable("weed"), f"-logdir={self.folder / 'logs'}", "mini", f"-dir={self.data_dir}", f"-ip={HOST}",
                 f"-ip.bind={HOST}", f"-s3.port={self.port}", *ports, "-admin.ui=false", "-webdav=false",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
                 f"-filer.localSocket={self.sockets / 'filer.sock'}", f"-s3.localSocket={self.sockets / 's3.sock'}"]

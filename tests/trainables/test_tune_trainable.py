@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from trainables import tune_trainable
+from trainables import patience, tune_trainable
 
 
 def failing(times: int, error: OSError):
@@ -22,7 +22,7 @@ def failing(times: int, error: OSError):
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch):
-    monkeypatch.setattr(tune_trainable.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(patience.time, "sleep", lambda seconds: None)
 
 
 def test_a_storage_that_comes_back_is_waited_for():

@@ -56,6 +56,9 @@ def run(
     storage: Storage = None,
     address: Address = None,
     dry_run: bool = typer.Option(False, help="validate and print the plan; start nothing"),
+    resume: bool = typer.Option(False, "--resume", help="continue the study if it exists, as `study resume` "
+                                "does (a changed spec is refused); start it if not: the command for jobs "
+                                "that are retried or submitted again"),
     as_json: Json = False,
 ) -> None:
     """Run a study: every (model, prior) group's trials on Ray Tune, chosen by its own Optuna sampler,
@@ -63,7 +66,7 @@ def run(
     from study.study_command import run_study
 
     result = run_study(space, tracking_uri=tracking_uri, optuna_storage=optuna_storage, storage=storage,
-                       address=address, dry_run=dry_run, resume=False, console=err)
+                       address=address, dry_run=dry_run, resume=None if resume else False, console=err)
     _emit(result, as_json, lambda r: err.print_json(data=r) if dry_run else None)
 
 
@@ -74,8 +77,8 @@ def resume(
     optuna_storage: OptunaStorage = None,
     storage: Storage = None,
     address: Address = None,
-    force: bool = typer.Option(False, help="resume although the study's record says a driver on another "
-                               "machine runs it (that driver is gone)"),
+    force: bool = typer.Option(False, help="resume at once although the study's record says a driver on "
+                               "another machine runs it, without watching its heartbeat (that driver is gone)"),
     as_json: Json = False,
 ) -> None:
     """Continue a study where it stopped: ended trials are not run again, unended ones continue from

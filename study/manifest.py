@@ -3,6 +3,7 @@
     <storage>/<study>/study.json          the manifest: the spec the study started with (and its
                                           fingerprint), its id, and each run of the driver
     <storage>/<study>/stop-request.json   written by `study stop`, read by the running driver
+    <storage>/<study>/driver.json         the running driver's heartbeat (study.heartbeat)
     <storage>/<study>/run-<n>/            Ray Tune's experiment of the n-th run (`run`, `resume`)
 
 `study resume` compares the spec file with the manifest: a study resumes with the settings it
@@ -39,6 +40,15 @@ class Run(BaseModel):
     pid: int
     state: Literal["running", "finished", "interrupted", "stopped", "failed"] = "running"
     ended: float | None = None
+
+
+class Beat(BaseModel):
+    """The newest heartbeat of a run's driver: `count` grows while it runs."""
+
+    run: int
+    host: str
+    pid: int
+    count: int
 
 
 class Manifest(BaseModel):
@@ -178,3 +188,13 @@ class StudyFolder:
     def clear_stop(self) -> None:
         if self.stop_requested():
             self.fs.delete_file(self._file("stop-request.json"))
+
+    # ---------------------------------------------------------------- the driver's heartbeat
+
+    def write_beat(self, beat: Beat) -> None:
+        self._write("driver.json", beat.model_dump_json().encode())
+
+    def read_beat(self) -> Beat | None:
+        if not self._exists("driver.json"):
+            return None
+        return Beat.model_validate_json(self._read("driver.json"))

@@ -20,13 +20,14 @@ from rich.table import Table
 
 from study import settings
 from study.errors import StudyFailed, StudyInterrupted
+from study.heartbeat import GONE_AFTER_SECONDS, Heartbeat, driver_gone
 from study.manifest import Manifest, StudyFolder, fingerprint, resume_problems, spec_data
 from study.spec import StudySpec, load_space
 from trainables.errors import InputError
 
 
 def _check_study(spec: StudySpec, folder: StudyFolder, targets: settings.Targets, resume: bool,
-                 force: bool = False) -> Manifest | None:
+                 force: bool, console: Console) -> Manifest | None:
     """`run` must not overwrite a study; `resume` needs one, started with this file's settings,
     whose trials are where it left them, and that no driver runs now."""
     from study.ledger import existing_groups
@@ -35,7 +36,8 @@ def _check_study(spec: StudySpec, folder: StudyFolder, targets: settings.Targets
     if not resume:
         if folder.exists():
             raise InputError(f"{spec.source}: name: study {spec.name!r} already exists in {where['storage']}; "
-                             "continue it with `study resume`, or give the study another name")
+                             "continue it with `study resume` (or `study run --resume`), or give the study "
+                             "another name")
         found = existing_groups(targets.optuna_storage, spec.name)
         if found:
             raise InputError(f"{spec.source}: name: the Optuna storage {where['optuna_storage']} already holds "
@@ -55,12 +57,20 @@ def _check_study(spec: StudySpec, folder: StudyFolder, targets: settings.Targets
                          "(STUDY_OPTUNA_STORAGE)")
     last = manifest.last_run
     alive = _driver_alive(last)
-    if alive or (alive is None and not force):
-        where_it_runs = "" if alive else (f" on {last.host}, as far as this machine can tell; if that driver is "
-                                          "gone, resume with --force")
-        raise InputError(f"study {spec.name!r} is running (pid {last.pid}{where_it_runs}); stop it first with "
-                         f"`study stop {spec.name}`")
-    return manifest
+    if alive is None and not force:
+        console.print(f"run {last.number} of study {escape(spec.name)} did not record its end and its driver ran "
+                      f"on {escape(last.host)}: watching its heartbeat for {GONE_AFTER_SECONDS:g} s")
+        gone = driver_gone(folder, last, GONE_AFTER_SECONDS)
+        alive = None if gone is None else not gone
+    if alive is False or (alive is None and force):
+        return manifest
+    if alive:
+        where_it_runs = "" if last.host == socket.gethostname() else f" on {last.host}, whose heartbeat goes on"
+    else:
+        where_it_runs = (f" on {last.host}, as far as this machine can tell: it left no heartbeat; if that driver "
+                         "is gone, resume with --force")
+    raise InputError(f"study {spec.name!r} is running (pid {last.pid}{where_it_runs}); stop it first with "
+                     f"`study stop {spec.name}`")
 
 
 def _driver_alive(run) -> bool | None:
@@ -77,7 +87,9 @@ def _driver_alive(run) -> bool | None:
 
 
 def run_study(space: Path, *, tracking_uri: str | None, optuna_storage: str | None, storage: str | None,
-              address: str | None, dry_run: bool, resume: bool, console: Console, force: bool = False) -> dict:
+              address: str | None, dry_run: bool, resume: bool | None, console: Console, force: bool = False) -> dict:
+    """Start the study of `space` (resume False), continue it (True), or whichever its storage calls
+    for (None: `study run --resume`, the command of jobs that may run again)."""
     import ray
 
     from study import search
@@ -94,7 +106,9 @@ def run_study(space: Path, *, tracking_uri: str | None, optuna_storage: str | No
     if not targets.address:
         check_gpus(spec, local_gpus())
     folder = StudyFolder(targets.storage, spec.name)
-    manifest = _check_study(spec, folder, targets, resume, force)
+    if resume is None:
+        resume = folder.exists()
+    manifest = _check_study(spec, folder, targets, resume, force, console)
     groups = search.groups(spec)
     plan = {"study": spec.name, "dataset": spec.dataset, "models": spec.models, "priors": spec.priors(),
             "groups": {g.label: g.budget for g in groups}, "trials": sum(g.budget for g in groups),
@@ -123,6 +137,7 @@ def _run(spec: StudySpec, targets, folder: StudyFolder, manifest: Manifest | Non
                             optuna_storage=targets.public()["optuna_storage"], fingerprint="", spec={})
     manifest.spec, manifest.fingerprint = spec_data(spec), fingerprint(spec)  # a resume may raise budgets
     run = folder.begin_run(manifest)
+    heartbeat = Heartbeat(folder, run).start()
     state = "failed"
     try:
         ledger = Ledger(targets.optuna_storage, spec)
@@ -164,6 +179,7 @@ def _run(spec: StudySpec, targets, folder: StudyFolder, manifest: Manifest | Non
             raise
         raise StudyFailed(why) from e
     finally:
+        heartbeat.stop()
         try:
             folder.end_run(manifest, state)
         except Exception as e:  # noqa: BLE001 - the storage may be what failed: keep the first error

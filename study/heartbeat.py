@@ -7,11 +7,17 @@ rewrites `driver.json` in the study's folder every BEAT_SECONDS with a growing c
 wants to know watches that count for GONE_AFTER_SECONDS: it moved, the driver runs; it did not,
 the driver is gone. Only the count is compared, never clocks, so the two machines' clocks may
 disagree.
+
+A driver that could not beat for that long (its storage unreachable from its machine only) may be
+taken for gone while it runs. So each beat also reads the study's record: once its last run is
+another driver's, this one is superseded and stops (`on_superseded`), and its trials are the new
+driver's to continue.
 """
 from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 from study.manifest import Beat, Run, StudyFolder
 
@@ -21,10 +27,12 @@ GONE_AFTER_SECONDS = 35.0
 
 
 class Heartbeat:
-    """Beats for `run` from a daemon thread between start() and stop()."""
+    """Beats for `run` from a daemon thread between start() and stop(); calls `on_superseded` (once,
+    from that thread) when the study's record says another driver has taken the study over."""
 
-    def __init__(self, folder: StudyFolder, run: Run, every: float = BEAT_SECONDS):
-        self.folder, self.every = folder, every
+    def __init__(self, folder: StudyFolder, run: Run, every: float = BEAT_SECONDS,
+                 on_superseded: Callable[[], None] | None = None):
+        self.folder, self.run, self.every, self.on_superseded = folder, run, every, on_superseded
         self.beat = Beat(run=run.number, host=run.host, pid=run.pid, count=0)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._beat_until_done, name="vamp-heartbeat", daemon=True)
@@ -35,14 +43,24 @@ class Heartbeat:
         return self
 
     def stop(self) -> None:
-        """No more beats; waits for a write in flight, not for one stuck on a storage outage."""
+        """No more beats; waits a few seconds for a write in flight, not for one stuck on a storage
+        outage (a beat written after the run's end says nothing: the run is no longer running)."""
         self._done.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=5)
 
     def _beat_until_done(self) -> None:
         while not self._done.wait(self.every):
             self._write()
+            if self.on_superseded is not None and self._superseded():
+                self.on_superseded()
+                return
+
+    def _superseded(self) -> bool:
+        try:
+            return self.folder.superseded(self.run)
+        except Exception:  # noqa: BLE001 - storage briefly unreachable: ask at the next beat
+            return False
 
     def _write(self) -> None:
         self.beat.count += 1

@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Literal
 
 import pyarrow.fs as pafs
@@ -31,6 +32,16 @@ RUN_SETTINGS = ("search.max_concurrent", "search.retries", "resources.")
 BUDGET_FIELDS = ("search.trials_per_group",)
 
 
+def this_machine() -> str:
+    """Where a pid names one process: the boot and the pid namespace (a container's own), which a
+    host name alone does not tell apart (two containers may share one)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:  # not Linux: the host name is all there is
+        return socket.gethostname()
+
+
 class Run(BaseModel):
     """One run of the study's driver (`study run` or a `study resume`)."""
 
@@ -38,6 +49,7 @@ class Run(BaseModel):
     started: float
     host: str
     pid: int
+    machine: str = ""  # this_machine() of the driver ("" in records made before it was kept)
     state: Literal["running", "finished", "interrupted", "stopped", "failed"] = "running"
     ended: float | None = None
 
@@ -161,16 +173,26 @@ class StudyFolder:
 
     def begin_run(self, manifest: Manifest) -> Run:
         """Record a new run of the driver (this process) and clear any stale stop request."""
-        run = Run(number=len(manifest.runs) + 1, started=time.time(), host=socket.gethostname(), pid=os.getpid())
+        run = Run(number=len(manifest.runs) + 1, started=time.time(), host=socket.gethostname(), pid=os.getpid(),
+                  machine=this_machine())
         manifest.runs.append(run)
         self.clear_stop()
         self.write(manifest)
         return run
 
-    def end_run(self, manifest: Manifest, state: str) -> None:
-        manifest.runs[-1].state = state
-        manifest.runs[-1].ended = time.time()
-        self.write(manifest)
+    def superseded(self, run: Run) -> bool:
+        """Whether the record's last run is another driver's: one that took the study over
+        (after deciding this driver was gone) or started it at the same time."""
+        return self.read().last_run != run
+
+    def end_run(self, run: Run, state: str) -> None:
+        """Record how `run` ended, in the record as it is now: a driver that took over since keeps
+        its own entry."""
+        manifest = self.read()
+        entry = manifest.runs[run.number - 1]
+        if (entry.host, entry.pid, entry.started) == (run.host, run.pid, run.started):
+            entry.state, entry.ended = state, time.time()
+            self.write(manifest)
 
     def experiment_name(self, run: Run) -> str:
         """Ray Tune's experiment of one run, under `uri`."""

@@ -7,7 +7,9 @@ MLflow experiment and the storage folders come into being.
 """
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import time
 import uuid
@@ -21,7 +23,7 @@ from rich.table import Table
 from study import settings
 from study.errors import StudyFailed, StudyInterrupted
 from study.heartbeat import GONE_AFTER_SECONDS, Heartbeat, driver_gone
-from study.manifest import Manifest, StudyFolder, fingerprint, resume_problems, spec_data
+from study.manifest import Manifest, StudyFolder, fingerprint, resume_problems, spec_data, this_machine
 from study.spec import StudySpec, load_space
 from trainables.errors import InputError
 
@@ -65,12 +67,18 @@ def _check_study(spec: StudySpec, folder: StudyFolder, targets: settings.Targets
     if alive is False or (alive is None and force):
         return manifest
     if alive:
-        where_it_runs = "" if last.host == socket.gethostname() else f" on {last.host}, whose heartbeat goes on"
+        where_it_runs = f" on {last.host}" + ("" if _on_this_machine(last) else ", whose heartbeat goes on")
     else:
         where_it_runs = (f" on {last.host}, as far as this machine can tell: it left no heartbeat; if that driver "
-                         "is gone, resume with --force")
+                         f"is gone, `study resume --force {spec.source}` continues the study")
     raise InputError(f"study {spec.name!r} is running (pid {last.pid}{where_it_runs}); stop it first with "
                      f"`study stop {spec.name}`")
+
+
+def _on_this_machine(run) -> bool:
+    """Whether `run`'s pid names a process here: the same boot and pid namespace (records made
+    before those were kept: the same host name)."""
+    return run.machine == this_machine() if run.machine else run.host == socket.gethostname()
 
 
 def _driver_alive(run) -> bool | None:
@@ -78,7 +86,7 @@ def _driver_alive(run) -> bool | None:
     this machine, None when it ran on another (unknown)."""
     if run is None or run.state != "running":
         return False
-    if run.host != socket.gethostname():
+    if not _on_this_machine(run):
         return None
     try:
         return psutil.Process(run.pid).create_time() <= run.started + 1  # not a later process with its pid
@@ -110,8 +118,8 @@ def run_study(space: Path, *, tracking_uri: str | None, optuna_storage: str | No
         resume = folder.exists()
     manifest = _check_study(spec, folder, targets, resume, force, console)
     groups = search.groups(spec)
-    plan = {"study": spec.name, "dataset": spec.dataset, "models": spec.models, "priors": spec.priors(),
-            "groups": {g.label: g.budget for g in groups}, "trials": sum(g.budget for g in groups),
+    plan = {"study": spec.name, "resume": resume, "dataset": spec.dataset, "models": spec.models,
+            "priors": spec.priors(), "groups": {g.label: g.budget for g in groups}, "trials": sum(g.budget for g in groups),
             **targets.public()}
     if dry_run:
         return {**plan, "dry_run": True}
@@ -137,9 +145,10 @@ def _run(spec: StudySpec, targets, folder: StudyFolder, manifest: Manifest | Non
                             optuna_storage=targets.public()["optuna_storage"], fingerprint="", spec={})
     manifest.spec, manifest.fingerprint = spec_data(spec), fingerprint(spec)  # a resume may raise budgets
     run = folder.begin_run(manifest)
-    heartbeat = Heartbeat(folder, run).start()
+    heartbeat = Heartbeat(folder, run, on_superseded=lambda: _stop_superseded(spec, console))
     state = "failed"
     try:
+        heartbeat.start()
         ledger = Ledger(targets.optuna_storage, spec)
         tracker = StudyTracker(targets.tracking_uri, spec.name, manifest.study_id, targets.artifact_location(spec.name))
         parent_id = tracker.parent_run({"dataset": spec.dataset, "models": ",".join(spec.models),
@@ -181,11 +190,19 @@ def _run(spec: StudySpec, targets, folder: StudyFolder, manifest: Manifest | Non
     finally:
         heartbeat.stop()
         try:
-            folder.end_run(manifest, state)
+            folder.end_run(run, state)
         except Exception as e:  # noqa: BLE001 - the storage may be what failed: keep the first error
             console.print(f"could not record the end of run {run.number} in {folder.uri}: {escape(str(e))}")
     _print_champions(console, champions)
     return champions
+
+
+def _stop_superseded(spec: StudySpec, console: Console) -> None:
+    """Another driver has taken the study over (it took this one for gone): stop as on Ctrl-C,
+    leaving every trial to it."""
+    console.print(f"study {escape(spec.name)}: another driver has taken the study over (a newer run in its "
+                  "record); stopping this one")
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _resume_hint(spec: StudySpec, what: str) -> str:

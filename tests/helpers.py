@@ -125,6 +125,25 @@ def json_out(result: subprocess.CompletedProcess) -> dict:
     return json.loads(result.stdout)
 
 
+def wait_for_progress(tracking_uri: str, name: str, ended, timeout: float = 300) -> None:
+    """Until a trial of study `name` has trained a few epochs while the study still runs;
+    `ended()` says why the study ended before that (a message), or None while it runs."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        why = ended()
+        assert why is None, f"the study ended before it could be interrupted: {why}"
+        try:
+            t = Tracked(tracking_uri, name)
+            if any(len(t.epochs(r)) >= 2 for r in t.trials):
+                return
+        except Exception:  # noqa: BLE001 - the database or experiment may not exist yet
+            pass
+        time.sleep(1)
+    raise AssertionError("no trial made progress in time")
+
+
 class Tracked:
     """What MLflow holds about one study."""
 

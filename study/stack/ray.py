@@ -102,7 +102,9 @@ class RayHead(Server):
         with open(self.log_path, "rb") as log:
             log.seek(self._log_start)
             started = b"Ray runtime started" in log.read()
-        ports = [self.port, *([self.ports["dashboard-port"]] if self.dashboard else [])]
+        # With the dashboard: its Jobs API answers only once the node's dashboard agent does too.
+        ports = [self.port, *([self.ports["dashboard-port"], self.ports["dashboard-agent-listen-port"]]
+                              if self.dashboard else [])]
         return started and all(port_in_use(port, self.node_ip) for port in ports)
 
     def remove(self) -> None:

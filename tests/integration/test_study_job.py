@@ -6,11 +6,13 @@ finishes with every trial run once; submitted once more it changes nothing; with
 the job fails with exit code 2 and starts nothing."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -19,9 +21,10 @@ import yaml
 
 from study.stack import RayHead
 from study.stack.process import executable
-from tests.helpers import REPO, Tracked, optuna_groups, small_space
+from tests.helpers import REPO, Tracked, optuna_groups, small_space, wait_for_progress
 
 TRIALS = 4
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
 def manifest_entrypoint(space: Path) -> str:
@@ -66,44 +69,28 @@ class Jobs:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = self.info(submission_id)
-            if info.status.is_terminal():
-                return info.status.value, self.ray("logs", submission_id).stdout + f"\n{info.message}"
+            if info["status"] in TERMINAL:
+                return info["status"], self.ray("logs", submission_id).stdout + f"\n{info['message']}"
             time.sleep(2)
         raise AssertionError(f"job {submission_id} did not end within {timeout} s: "
                              + self.ray("logs", submission_id).stdout[-3000:])
 
-    def info(self, submission_id: str):
-        """The Jobs SDK's view (it reads the token as `ray job` does: the test sets the variables)."""
-        from ray.job_submission import JobSubmissionClient
+    def info(self, submission_id: str) -> dict:
+        """The Jobs API's record of the job (status, message, driver_info), asked over HTTP with the
+        token, as KubeRay's status polls do (Ray's SDK would read the token mode once per process)."""
+        token = self.head.token_path.read_text().strip()
+        request = urllib.request.Request(f"{self.head.dashboard_url}/api/jobs/{submission_id}",
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
 
-        return JobSubmissionClient(self.head.dashboard_url).get_job_info(submission_id)
-
-
-def driver_of(space: Path) -> psutil.Process | None:
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if "--resume" in cmdline and str(space) in cmdline and any(a.endswith("study") for a in cmdline):
-            return process
-    return None
-
-
-def wait_for_progress(tracking_uri: str, name: str, jobs: Jobs, submission_id: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert not jobs.info(submission_id).status.is_terminal(), jobs.ray("logs", submission_id).stdout[-3000:]
-        try:
-            t = Tracked(tracking_uri, name)
-            if any(len(t.epochs(r)) >= 2 for r in t.trials):
-                return
-        except Exception:  # noqa: BLE001 - the database or experiment may not exist yet
-            pass
-        time.sleep(1)
-    raise AssertionError("no trial made progress in time")
+    def running(self, submission_id: str) -> str | None:
+        """None while the job runs, else its logs (for wait_for_progress)."""
+        ended = self.info(submission_id)["status"] in TERMINAL
+        return self.ray("logs", submission_id).stdout[-3000:] if ended else None
 
 
-def test_the_rayjob_entrypoint_resumes_after_its_driver_is_killed(head, home, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(head.token_path))
+def test_the_rayjob_entrypoint_resumes_after_its_driver_is_killed(head, home, tmp_path):
     name = "job-resume"
     space = small_space(tmp_path, name=name,
                         fixed={"epochs": 12, "warmup": 2, "patience": 0, "hidden": 64, "train_limit": 1000},
@@ -114,19 +101,26 @@ def test_the_rayjob_entrypoint_resumes_after_its_driver_is_killed(head, home, tm
     jobs = Jobs(head)
 
     jobs.submit("attempt-1", entrypoint)
-    wait_for_progress(tracking_uri, name, jobs, "attempt-1")
-    driver = driver_of(space)
-    assert driver is not None, "the driver is not a process on this machine"
+    wait_for_progress(tracking_uri, name, lambda: jobs.running("attempt-1"))
+    driver = psutil.Process(int(jobs.info("attempt-1")["driver_info"]["pid"]))  # the entrypoint's ray.init
+    assert "--resume" in driver.cmdline()
     driver.send_signal(signal.SIGKILL)
     status, logs = jobs.wait("attempt-1", timeout=120)
     assert status == "FAILED", logs[-3000:]
     before = Tracked(tracking_uri, name)
     assert any(r.info.status == "RUNNING" for r in before.trials + before.parents)  # really cut mid-study
+    # As a RayJob retry sees it: the killed driver ran on the head of a cluster that is gone.
+    record = Path(home["STUDY_HOME"]) / "ray" / name / "study.json"
+    manifest = json.loads(record.read_text())
+    manifest["runs"][-1].update(host="omniglot-study-raycluster-x7k2p-head", machine="another-boot/pid:[1]")
+    record.write_text(json.dumps(manifest))
+    beat = json.loads((record.parent / "driver.json").read_text())
+    (record.parent / "driver.json").write_text(json.dumps({**beat, "host": "omniglot-study-raycluster-x7k2p-head"}))
 
     jobs.submit("attempt-2", entrypoint)  # a retry: the same command
     status, logs = jobs.wait("attempt-2")
     assert status == "SUCCEEDED", logs[-4000:]
-    assert f"study {name} (run 2)" in logs
+    assert "watching its heartbeat" in logs and f"study {name} (run 2)" in logs
 
     t = Tracked(tracking_uri, name)
     assert len(t.parents) == 1 and t.parents[0].info.status == "FINISHED"

@@ -3,30 +3,15 @@ then `study resume`: finished trials are not run again, no run is duplicated or 
 registry version per group. A changed spec is refused; a larger budget adds only new trials."""
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import Tracked, json_out, optuna_groups, result_lines, small_space, study, study_process
+from tests.helpers import (Tracked, json_out, optuna_groups, result_lines, small_space, study, study_process,
+                           wait_for_progress)
 
 TRIALS = 4
-
-
-def wait_for_progress(tracking_uri: str, name: str, process, timeout: float = 300) -> None:
-    """Until a trial has trained a few epochs while the study still runs."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert process.poll() is None, "the study ended before it could be interrupted"
-        try:
-            t = Tracked(tracking_uri, name)
-            if any(len(t.epochs(r)) >= 2 for r in t.trials):
-                return
-        except Exception:  # noqa: BLE001 - the database or experiment may not exist yet
-            pass
-        time.sleep(1)
-    raise AssertionError("no trial made progress in time")
 
 
 def orphaned_ray_processes() -> set[int]:
@@ -66,7 +51,7 @@ def test_interrupted_study_resumes_without_repeats_or_duplicates(how, home, tmp_
     tracking_uri = f"sqlite:///{home['STUDY_HOME']}/mlflow.db"
     process = study_process("run", space, env=home, log=tmp_path / "first.log")
     try:
-        wait_for_progress(tracking_uri, name, process)
+        wait_for_progress(tracking_uri, name, lambda: None if process.poll() is None else f"exit {process.poll()}")
         if how == "study-stop":
             stopped = json_out(study("stop", name, "--json", env=home, timeout=300))
             assert stopped == {"study": name, "state": "stopped", "run": 1}

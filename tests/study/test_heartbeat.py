@@ -106,7 +106,7 @@ def test_resume_refuses_a_study_whose_driver_elsewhere_still_beats(study_elsewhe
 def test_resume_of_a_driver_that_left_no_heartbeat_needs_force(study_elsewhere, monkeypatch):
     spec, folder, targets, run = study_elsewhere
     monkeypatch.setattr(study_command, "GONE_AFTER_SECONDS", 0.2)
-    with pytest.raises(InputError, match="it left no heartbeat; if that driver is gone, resume with --force"):
+    with pytest.raises(InputError, match=r"it left no heartbeat; if that driver is gone, `study resume --force "):
         _check(spec, folder, targets)
     manifest, said = _check(spec, folder, targets, force=True)
     assert manifest.last_run == run and said == ""  # --force: no watching
@@ -114,3 +114,40 @@ def test_resume_of_a_driver_that_left_no_heartbeat_needs_force(study_elsewhere, 
 
 def test_gone_after_outlasts_three_beats():
     assert heartbeat_module.GONE_AFTER_SECONDS > 3 * heartbeat_module.BEAT_SECONDS
+
+
+def test_a_driver_in_another_container_of_the_same_host_name_is_watched_not_looked_up(study_elsewhere, monkeypatch):
+    """Two containers may share a host name: a pid from another pid namespace says nothing here."""
+    import socket
+
+    spec, folder, targets, _ = study_elsewhere
+    manifest = folder.read()
+    run = manifest.runs[-1].model_copy(update={"host": socket.gethostname(), "machine": "other-boot/pid:[1]"})
+    manifest.runs[-1] = run
+    folder.write(manifest)
+    monkeypatch.setattr(study_command, "GONE_AFTER_SECONDS", 0.3)
+    folder.write_beat(Beat(run=run.number, host=run.host, pid=run.pid, count=1))
+    checked, said = _check(spec, folder, targets)
+    assert checked.last_run == run and "watching its heartbeat" in said
+    assert study_command._on_this_machine(folder.begin_run(folder.read()))  # this process's own run is here
+
+
+def test_a_superseded_driver_is_told_and_keeps_the_new_drivers_record(tmp_path):
+    folder = StudyFolder(str(tmp_path), "s")
+    manifest = Manifest(name="s", study_id="i", created=1.0, optuna_storage="x", fingerprint="f", spec={})
+    old = folder.begin_run(manifest)
+    told = []
+    beat = Heartbeat(folder, old, every=0.05, on_superseded=lambda: told.append(True)).start()
+    try:
+        time.sleep(0.2)
+        assert told == []  # its own run is the record's last
+        new = folder.begin_run(folder.read())  # another driver took the study over
+        deadline = time.monotonic() + 5
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert told == [True]
+    finally:
+        beat.stop()
+    folder.end_run(old, "interrupted")  # the old driver ends: the new one's entry stays as it is
+    record = folder.read()
+    assert record.runs[0].state == "interrupted" and record.last_run == new and new.state == "running"

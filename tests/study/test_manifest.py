@@ -77,7 +77,7 @@ def test_folder_keeps_the_manifest_runs_and_stop_requests(tmp_path):
     assert folder.started_spec(folder.read()) == _spec()
     folder.request_stop()
     assert folder.stop_requested()
-    folder.end_run(manifest, "stopped")
+    folder.end_run(run, "stopped")
     assert folder.read().last_run.state == "stopped" and folder.read().last_run.ended is not None
     assert folder.begin_run(folder.read()).number == 2
     assert folder.experiment_name(run) == "run-1"

@@ -172,7 +172,7 @@ def parse_options(words: list[str], takes_value: set[str], until_positional: boo
 # --- what every static check accepts ---------------------------------------------------------------
 
 SIMPLE = {"export": None, "echo": None, "mkdir": None, "base64": None, "openssl": "rand", "python": "-c",
-          "python3": "-c"}  # program: the first argument it needs (None: any)
+          "python3": "-c", "sleep": None, "kill": "%1"}  # program: the first argument it needs (None: any)
 
 
 def simple(command: Command, shell: Shell) -> None:

@@ -189,9 +189,8 @@ class StudyFolder:
         """Record how `run` ended, in the record as it is now: a driver that took over since keeps
         its own entry."""
         manifest = self.read()
-        entry = manifest.runs[run.number - 1]
-        if (entry.host, entry.pid, entry.started) == (run.host, run.pid, run.started):
-            entry.state, entry.ended = state, time.time()
+        if manifest.runs[run.number - 1] == run:  # still as begin_run wrote it
+            manifest.runs[run.number - 1] = run.model_copy(update={"state": state, "ended": time.time()})
             self.write(manifest)
 
     def experiment_name(self, run: Run) -> str:

@@ -26,7 +26,7 @@ PG_BIN = Path(os.environ.get("STUDY_PG_BIN", "/usr/lib/postgresql/15/bin"))
 OS_USER = "postgres"
 
 
-def _as_postgres_user() -> dict:
+def as_postgres_user() -> dict:
     """``subprocess`` arguments that run a command as the ``postgres`` user when this process is
     root, nothing otherwise."""
     if os.geteuid() != 0:
@@ -36,14 +36,14 @@ def _as_postgres_user() -> dict:
             "env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": entry.pw_dir, "LC_ALL": "C.UTF-8"}}
 
 
-def _cluster_folder(folder: Path) -> Path:
+def cluster_folder(folder: Path) -> Path:
     """Where the cluster of ``folder`` lives (see the module)."""
     folder.mkdir(parents=True, exist_ok=True)
     link = folder / "cluster"
     if link.is_symlink() and link.resolve().is_dir():
         return link.resolve()
     reachable = len(str(folder)) <= 80 and (os.geteuid() != 0 or subprocess.run(
-        ["test", "-x", str(folder)], cwd="/", **_as_postgres_user()).returncode == 0)
+        ["test", "-x", str(folder)], cwd="/", **as_postgres_user()).returncode == 0)
     if reachable:
         return folder
     cluster = Path(tempfile.mkdtemp(prefix="vamp-pg-", dir="/tmp"))
@@ -67,7 +67,7 @@ class PostgresServer(Server):
     def __init__(self, folder: Path | str, **fields) -> None:
         super().__init__(folder=Path(folder).resolve(), **fields)
         if self.cluster is None:
-            self.cluster = _cluster_folder(self.folder)
+            self.cluster = cluster_folder(self.folder)
 
     @property
     def log_path(self) -> Path:
@@ -91,7 +91,7 @@ class PostgresServer(Server):
         return f"postgresql+psycopg://{quote(self.user, safe='')}:{quote(self.password, safe='')}@{HOST}:{self.port}/{database}"
 
     def _run(self, *args: str) -> None:
-        kwargs = _as_postgres_user()
+        kwargs = as_postgres_user()
         kwargs["env"] = {**kwargs.get("env", self.environment()), MARKER: self.marker}
         result = subprocess.run(args, cwd=self.cluster, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                 **kwargs)

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from study.stack import RayHead, free_port, tail
-from study.stack.postgres import PG_BIN, _as_postgres_user, _cluster_folder
+from study.stack.postgres import PG_BIN, as_postgres_user, cluster_folder
 from study.stack.process import executable
 from tests.infra.infra_files import (
     COMPOSE_DIR,
@@ -240,11 +240,11 @@ def test_compose_ray_head_healthcheck_passes_once_its_gcs_answers_and_the_driver
 # PostgreSQL: the postgres image runs postgres-init.sh against a server on its Unix socket only,
 # then starts the real one. The same here, with this machine's PostgreSQL 15 (the image has 16).
 
-def as_postgres_user(*command: str | Path, cwd: Path) -> None:
+def run_as_postgres(*command: str | Path, cwd: Path) -> None:
     """Run a PostgreSQL server program, as the ``postgres`` user when this is root (initdb and
     postgres refuse root), as study.stack.postgres does."""
     result = subprocess.run([str(part) for part in command], cwd=cwd, capture_output=True, text=True,
-                            timeout=120, **_as_postgres_user())
+                            timeout=120, **as_postgres_user())
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -252,12 +252,12 @@ def new_cluster(folder: Path, superuser: str) -> Path:
     """A cluster folder the postgres user owns (``<folder>/cluster`` links to it) holding ``data``,
     initialised as the image does: ``superuser`` is POSTGRES_USER, Unix socket connections are trusted."""
     assert (PG_BIN / "initdb").is_file(), f"PostgreSQL's server programs are not in {PG_BIN} (STUDY_PG_BIN)"
-    cluster = _cluster_folder(folder)
+    cluster = cluster_folder(folder)
     if os.geteuid() == 0:
         entry = pwd.getpwnam("postgres")
         os.chown(cluster, entry.pw_uid, entry.pw_gid)
     cluster.chmod(0o700)
-    as_postgres_user(PG_BIN / "initdb", "-D", cluster / "data", "-U", superuser, "--auth-local=trust",
+    run_as_postgres(PG_BIN / "initdb", "-D", cluster / "data", "-U", superuser, "--auth-local=trust",
                      "--auth-host=scram-sha-256", "--no-sync", "--no-instructions", cwd=cluster)
     return cluster
 
@@ -269,11 +269,11 @@ def postgres_listening_on(cluster: Path, listen_addresses: str, port: int):
     use the default socket folder and port 5432."""
     options = f"-c listen_addresses='{listen_addresses}' -c port={port} -c unix_socket_directories='{cluster}'"
     pg_ctl = [PG_BIN / "pg_ctl", "-D", cluster / "data", "-w", "-t", "60"]
-    as_postgres_user(*pg_ctl, "-l", cluster / "postgres.log", "-o", options, "start", cwd=cluster)
+    run_as_postgres(*pg_ctl, "-l", cluster / "postgres.log", "-o", options, "start", cwd=cluster)
     try:
         yield {"PATH": f"{PG_BIN}{os.pathsep}{os.environ['PATH']}", "PGHOST": str(cluster), "PGPORT": str(port)}
     finally:
-        as_postgres_user(*pg_ctl, "-m", "fast", "stop", cwd=cluster)
+        run_as_postgres(*pg_ctl, "-m", "fast", "stop", cwd=cluster)
 
 
 def databases(libpq_env: dict[str, str], user: str) -> set[str]:

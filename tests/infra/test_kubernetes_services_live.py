@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from study.stack import PostgresServer, S3Server, Server
-from study.stack.postgres import PG_BIN
+from study.stack.postgres import PG_BIN, as_postgres_user
 from tests.conftest import MIRRORED_DATASETS
 from tests.infra.infra_files import (
     DOCKERFILE,
@@ -128,9 +128,8 @@ def test_postgres_probes_and_prestop_work_on_a_real_server(tmp_path):
         assert probe(ready, server.port, server.cluster, server.user) == 0
         assert probe(alive, server.port, server.cluster, server.user) == 0
         pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
-        as_postgres = {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
-        result = subprocess.run(pre_stop, env=tool_env(PGDATA=str(server.data_dir)), cwd="/", capture_output=True,
-                                text=True, timeout=60, **as_postgres)
+        as_postgres = {**as_postgres_user(), "env": tool_env(PGDATA=str(server.data_dir))}
+        result = subprocess.run(pre_stop, cwd="/", capture_output=True, text=True, timeout=60, **as_postgres)
         assert result.returncode == 0, result.stdout + result.stderr
         assert not server.running
         assert probe(ready, server.port, server.cluster, server.user) != 0

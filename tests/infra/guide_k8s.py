@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from tests.infra.guide_checks import COMMON, Command, Shell, parse_options, parse_study
-from tests.infra.infra_files import DOCKERFILE, K8S, ROOT, k8s_documents
+from tests.infra.infra_files import DOCKERFILE, K8S, ROOT, dicts, k8s_documents, placeholder_secrets
 
 NAMESPACE = "vamp-study"
 IMAGES_DIR = K8S / "images"
@@ -38,15 +38,6 @@ def k8s_objects() -> frozenset[str]:
             objects |= {f"Pod/{name}-{i}"} | {f"PersistentVolumeClaim/{t['metadata']['name']}-{name}-{i}"
                                               for t in doc["spec"].get("volumeClaimTemplates", [])}
     return frozenset(objects)
-
-
-def pull_secrets(node) -> set[str]:
-    """The names in every imagePullSecrets inside a manifest (or a list of them)."""
-    if isinstance(node, list):
-        return set().union(*map(pull_secrets, node))
-    if not isinstance(node, dict):
-        return set()
-    return {s["name"] for s in node.get("imagePullSecrets", [])} | pull_secrets(list(node.values()))
 
 
 def check_reference(command: Command, shell: Shell, kind: str, name: str | None) -> None:
@@ -102,8 +93,7 @@ def kubectl_create(command: Command, shell: Shell, args: list[str], options: lis
     padded = args + ["", "", ""]
     kind, variant, name = padded[:3] if padded[0] == "secret" else (padded[0], "", padded[1])
     if (kind, variant) == ("secret", "generic"):
-        secrets = {d["metadata"]["name"]: set(d.get("stringData", {}))
-                   for d in yaml.safe_load_all((K8S / "secret.yaml").read_text()) if d and d["kind"] == "Secret"}
+        secrets = placeholder_secrets()
         if name not in secrets:
             raise command.fail(f"no Secret {name} in infra/k8s/secret.yaml")
         given = {v.split("=", 1)[0] if n == "--from-literal" or "=" in v else Path(v).name
@@ -112,7 +102,8 @@ def kubectl_create(command: Command, shell: Shell, args: list[str], options: lis
             raise command.fail(f"Secret {name}: missing keys {sorted(secrets[name] - given)}, "
                                f"unknown keys {sorted(given - secrets[name])} (infra/k8s/secret.yaml)")
     elif (kind, variant) == ("secret", "docker-registry"):
-        names = pull_secrets(list(k8s_documents().values()))
+        names = {secret["name"] for node in dicts(list(k8s_documents().values()))
+                 for secret in node.get("imagePullSecrets", [])}
         if name not in names:
             raise command.fail(f"the manifests pull images with {', '.join(sorted(names))}, not {name}")
     elif kind == "configmap":

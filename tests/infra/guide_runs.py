@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from study.stack.postgres import PG_BIN
-from tests.infra.infra_files import COMPOSE_FILE, ENV_EXAMPLE, env_variables, load_compose, run_compose
+from tests.infra.infra_files import ENV_EXAMPLE, env_variables, load_compose, rendered_compose
 
 if TYPE_CHECKING:
     from study.stack import PostgresServer, S3Server
@@ -62,9 +62,7 @@ class LocalCompose:
         for folder in (self.folder, self.root / "bin", self.root / "home"):
             folder.mkdir(parents=True)
         (self.folder / ".env").write_text("".join(f"{k}={v}\n" for k, v in self.values.items()))
-        rendered = run_compose(COMPOSE_FILE, self.folder / ".env", "config", "--format", "json")
-        assert rendered.returncode == 0, rendered.stderr
-        postgres = {**json.loads(rendered.stdout)["services"]["postgres"]["environment"], "PGHOST": "127.0.0.1",
+        postgres = {**rendered_compose(self.folder / ".env")["services"]["postgres"]["environment"], "PGHOST": "127.0.0.1",
                     "PGPORT": str(self.postgres.port), "PGPASSWORD": self.postgres.password,
                     "PATH": f"{PG_BIN}:/usr/bin:/bin"}
         config = {"log": str(self.root / "docker.log"), "services": {"postgres": postgres},

@@ -91,14 +91,55 @@ def k8s_manifest_files() -> list[Path]:
             if path.name != "kustomization.yaml" and K8S / "crds" not in path.parents]
 
 
-def k8s_documents() -> dict[str, dict]:
-    """kind/name -> manifest, for every manifest under infra/k8s (see k8s_manifest_files)."""
+def k8s_documents(files: list[Path] | None = None) -> dict[str, dict]:
+    """kind/name -> manifest (a fresh copy), for every manifest of ``files`` (default: every one
+    under infra/k8s, see k8s_manifest_files)."""
     docs = {}
-    for path in k8s_manifest_files():
+    for path in k8s_manifest_files() if files is None else files:
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 docs[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
     return docs
+
+
+def dicts(tree):
+    """Every mapping in ``tree`` (a manifest, a list of them, any part of one), ``tree`` included."""
+    if isinstance(tree, dict):
+        yield tree
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        for node in tree:
+            yield from dicts(node)
+
+
+def secret_key_refs(tree) -> set[tuple[str, str]]:
+    """(Secret, key) of every secretKeyRef in ``tree``."""
+    return {(node["secretKeyRef"]["name"], node["secretKeyRef"]["key"]) for node in dicts(tree)
+            if "secretKeyRef" in node}
+
+
+def placeholder_secrets() -> dict[str, set[str]]:
+    """Secret name -> its keys, as the placeholders of infra/k8s/secret.yaml show them."""
+    return {key.split("/", 1)[1]: set(doc.get("stringData", {})) for key, doc in k8s_documents().items()
+            if doc["kind"] == "Secret"}
+
+
+PROJECT_IMAGE_NAME = "registry.example.com/vamp-study"  # infra/docker/Dockerfile's, as the manifests name it
+PULL_SECRETS = [{"name": "vamp-study-registry"}]
+
+
+def image_name(image: str) -> str:
+    """registry/name of an image reference, without tag or digest."""
+    name = image.split("@")[0]
+    return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+
+
+def pull_secret_problems(pod_spec: dict) -> list[str]:
+    """A pod that runs the project image without the registry's pull secret."""
+    images = {image_name(c["image"]) for c in pod_spec["containers"] + pod_spec.get("initContainers", [])}
+    if PROJECT_IMAGE_NAME in images and pod_spec.get("imagePullSecrets") != PULL_SECRETS:
+        return [f"runs {PROJECT_IMAGE_NAME} without imagePullSecrets {PULL_SECRETS}"]
+    return []
 
 
 def kubernetes_definitions():
@@ -123,10 +164,10 @@ def kuberay_errors(kind: str, doc: dict) -> list[tuple[str, str]]:
             for error in kuberay_validator(kind).iter_errors(doc)]
 
 
-def rendered_compose() -> dict:
-    """The compose file as `docker compose config` renders it with .env.example (``$$`` undone,
-    as the container sees it)."""
-    result = run_compose(COMPOSE_FILE, ENV_EXAMPLE, "config", "--format", "json")
+def rendered_compose(env_file: Path = ENV_EXAMPLE) -> dict:
+    """The compose file as `docker compose config` renders it with ``env_file`` (``$$`` undone, as
+    the container sees it)."""
+    result = run_compose(COMPOSE_FILE, env_file, "config", "--format", "json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.replace("$$", "$"))
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import re
 
-import yaml
-
 from tests.infra.infra_files import (
     K8S,
     SECRET_NAMES,
@@ -16,7 +14,6 @@ from tests.infra.infra_files import (
 
 FILES = ("postgres.yaml", "mlflow.yaml", "datasets.yaml", "datasets/fill-job.yaml")
 PROJECT_IMAGE = "registry.example.com/vamp-study:0.1.0"
-PULL_SECRETS = [{"name": "vamp-study-registry"}]
 POSTGRES, MLFLOW, MLFLOW_INIT, FILL = ("StatefulSet/vamp-study-postgres", "Deployment/vamp-study-mlflow",
                                        "Job/vamp-study-mlflow-init", "Job/vamp-study-datasets-fill")
 SERVERS, CREDENTIALS = "vamp-study-servers", "vamp-study-credentials"
@@ -35,9 +32,8 @@ CREDENTIAL_NAMES = re.compile(SECRET_NAMES.pattern + r"|(USER|USERNAME|PASSWORD|
 
 
 def documents() -> dict[str, dict]:
-    """kind/name -> a fresh copy of each object of this file's manifests."""
-    return {f"{d['kind']}/{d['metadata']['name']}": d
-            for name in FILES for d in yaml.safe_load_all((K8S / name).read_text()) if d}
+    """kind/name -> a fresh copy of each object of these servers' manifests (FILES)."""
+    return k8s_documents([K8S / name for name in FILES])
 
 
 def pod(doc: dict) -> dict:

@@ -19,15 +19,20 @@ from tests.infra.infra_files import (
     K8S,
     K8S_VERSION,
     PLACEHOLDER,
+    PROJECT_IMAGE_NAME,
     RAYCLUSTER,
     RAYJOB,
     ROOT,
     SECRET_NAMES,
+    dicts,
     env_variables,
+    image_name,
     k8s_documents,
     kuberay_errors,
     kuberay_object,
     kubernetes_definitions,
+    pull_secret_problems,
+    secret_key_refs,
 )
 
 
@@ -65,27 +70,13 @@ SECRET_KEYS = {  # the placeholder Secrets of secret.yaml: what the pods read
 }
 
 
-def secret_key_refs() -> set[tuple[str, str]]:
-    """(Secret, key) of every secretKeyRef in the manifests."""
-    found, stack = set(), [doc for doc in k8s_documents().values()]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if "secretKeyRef" in node:
-                found.add((node["secretKeyRef"]["name"], node["secretKeyRef"]["key"]))
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return found
-
-
 def test_secret_and_configmaps_hold_what_the_pods_read():
     docs = k8s_documents()
     for name, keys in SECRET_KEYS.items():
         secret = docs[f"Secret/{name}"]
         assert secret["type"] == "Opaque" and set(secret["stringData"]) == keys, name
         assert all(value == "CHANGE_ME" for value in secret["stringData"].values())
-    missing = {(name, key) for name, key in secret_key_refs() if key not in SECRET_KEYS.get(name, ())}
+    missing = {(name, key) for name, key in secret_key_refs(list(docs.values())) if key not in SECRET_KEYS.get(name, ())}
     assert not missing, f"secretKeyRefs to keys secret.yaml does not document: {sorted(missing)}"
     env = docs["ConfigMap/vamp-study-env"]["data"]
     assert {"MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "STUDY_STORAGE"} <= set(env)
@@ -280,25 +271,10 @@ def kustomizations() -> dict[Path, dict]:
     return {path.parent: yaml.safe_load(path.read_text()) for path in sorted(K8S.rglob("kustomization.yaml"))}
 
 
-def images_of(node) -> set[str]:
-    """The image of every container and init container anywhere in ``node``: where kustomize's
+def images_of(tree) -> set[str]:
+    """The image of every container and init container anywhere in ``tree``: where kustomize's
     images transformer sets them (its LegacyFilter: any ``containers``/``initContainers`` list)."""
-    found = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("containers", "initContainers"):
-                found |= {c["image"] for c in value}
-            found |= images_of(value)
-    elif isinstance(node, list):
-        for item in node:
-            found |= images_of(item)
-    return found
-
-
-def image_name(image: str) -> str:
-    """registry/name of an image reference, without tag or digest."""
-    name = image.split("@")[0]
-    return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+    return {c["image"] for node in dicts(tree) for key in ("containers", "initContainers") for c in node.get(key, [])}
 
 
 def test_kustomizations_apply_the_services_and_one_ray_cluster_at_a_time():
@@ -327,20 +303,11 @@ def test_kustomizations_apply_the_services_and_one_ray_cluster_at_a_time():
 
 
 def test_every_pod_that_runs_the_project_image_has_the_pull_secret():
-    stack = list(k8s_documents().values())
-    pods = []
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if "containers" in node:
-                pods.append(node)
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    project = [p for p in pods if any(image_name(c["image"]) == "registry.example.com/vamp-study" for c in p["containers"])]
+    pods = [node for node in dicts(list(k8s_documents().values())) if "containers" in node]
+    project = [p for p in pods if any(image_name(c["image"]) == PROJECT_IMAGE_NAME for c in p["containers"])]
     assert len(project) >= 5
     for pod in project:
-        assert pod.get("imagePullSecrets") == [{"name": "vamp-study-registry"}], [c["name"] for c in pod["containers"]]
+        assert pull_secret_problems(pod) == [], [c["name"] for c in pod["containers"]]
 
 
 def test_one_ray_version_everywhere():

@@ -28,9 +28,14 @@ from tests.infra.infra_files import (
     DOCKERFILE,
     INFRA,
     K8S_VERSION,
+    PROJECT_IMAGE_NAME,
+    PULL_SECRETS,
     k8s_documents,
     kubernetes_definitions,
     load_compose,
+    placeholder_secrets,
+    pull_secret_problems,
+    secret_key_refs,
 )
 from tests.infra.k8s_services import (
     CREDENTIAL_NAMES,
@@ -39,7 +44,6 @@ from tests.infra.k8s_services import (
     MLFLOW_INIT,
     POSTGRES,
     PROJECT_IMAGE,
-    PULL_SECRETS,
     SECRET_KEYS_READ,
     SERVERS,
     arg_after,
@@ -201,19 +205,12 @@ def credential_problems(pod_spec: dict) -> list[str]:
     return problems
 
 
-def secret_refs(pod_spec: dict) -> set[tuple[str, str]]:
-    return {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
-            for c in pod_spec["containers"] + pod_spec.get("initContainers", [])
-            for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
-
-
 def test_each_pod_reads_its_own_secret_keys_and_no_literal_credential():
-    placeholders = {key.split("/")[1]: set(doc["stringData"]) for key, doc in k8s_documents().items()
-                    if doc["kind"] == "Secret"}
+    placeholders = placeholder_secrets()
     pods = workloads(documents())
     assert set(pods) == set(SECRET_KEYS_READ)
     for key, pod_spec in pods.items():
-        refs = secret_refs(pod_spec)
+        refs = secret_key_refs(pod_spec)
         assert refs == SECRET_KEYS_READ[key], key
         missing = {(name, k) for name, k in refs if k not in placeholders.get(name, set())}
         assert not missing, f"{key} reads keys that secret.yaml's placeholders lack: {sorted(missing)}"
@@ -229,10 +226,7 @@ def test_each_pod_reads_its_own_secret_keys_and_no_literal_credential():
 
 def image_problems(pod_spec: dict) -> list[str]:
     images = {c["image"] for c in pod_spec["containers"] + pod_spec.get("initContainers", [])}
-    problems = [f"unknown image {i}" for i in images - {PROJECT_IMAGE, "postgres:16-bookworm"}]
-    if PROJECT_IMAGE in images and pod_spec.get("imagePullSecrets") != PULL_SECRETS:
-        problems.append(f"runs {PROJECT_IMAGE} without imagePullSecrets {PULL_SECRETS}")
-    return problems
+    return [f"unknown image {i}" for i in images - {PROJECT_IMAGE, "postgres:16-bookworm"}] + pull_secret_problems(pod_spec)
 
 
 def test_the_project_image_is_pulled_with_the_registry_secret():
@@ -242,7 +236,7 @@ def test_the_project_image_is_pulled_with_the_registry_secret():
     assert "imagePullSecrets" not in pods[POSTGRES]  # a public image
     broken = copy.deepcopy(pods[FILL])
     del broken["imagePullSecrets"]
-    assert image_problems(broken) == [f"runs {PROJECT_IMAGE} without imagePullSecrets {PULL_SECRETS}"]
+    assert image_problems(broken) == [f"runs {PROJECT_IMAGE_NAME} without imagePullSecrets {PULL_SECRETS}"]
 
 
 def load_entrypoint():

@@ -9,7 +9,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from study.stack.process import wait_for
 from tests.infra.infra_files import (
     ENV_EXAMPLE,
     INFRA,
@@ -208,15 +208,6 @@ def http_status(url: str, method: str = "GET") -> int:
         return 0
 
 
-def wait_until(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.3)
-    return False
-
-
 def s3_client(port: int, keys: tuple[str, str] | None):
     import boto3
     from botocore import UNSIGNED
@@ -256,7 +247,7 @@ def test_compose_s3_service_runs_and_s3_init_gives_the_study_key_its_bucket_only
         else:
             urls = re.findall(r"http://\S+", check)
             healthy = lambda: all(http_status(u, "HEAD") == 200 for u in urls)
-        assert wait_until(healthy), (tmp_path / "weed.log").read_text()[-3000:]
+        assert wait_for(healthy, 60), (tmp_path / "weed.log").read_text()[-3000:]
         # s3-init's own script, its `weed shell` pointed at this master.
         script = init["command"][0].replace("-master=s3:9333", f"-master=127.0.0.1:{ports['master']}")
         path = f"{Path(weed_binary()).parent}{os.pathsep}{os.environ['PATH']}"
@@ -279,7 +270,7 @@ def test_compose_s3_service_runs_and_s3_init_gives_the_study_key_its_bucket_only
         root.put_bucket_versioning(Bucket="other", VersioningConfiguration={"Status": "Enabled"})
         assert root.get_bucket_versioning(Bucket="other").get("Status") == "Enabled"
         client = s3_client(ports["s3"], study)
-        assert wait_until(lambda: not s3_error(lambda: client.head_bucket(Bucket=bucket)), 15), "study key refused"
+        assert wait_for(lambda: not s3_error(lambda: client.head_bucket(Bucket=bucket)), 15), "study key refused"
         client.put_object(Bucket=bucket, Key="ray/x/checkpoint_000000/state", Body=b"state", Tagging="a=b")
         assert client.get_object(Bucket=bucket, Key="ray/x/checkpoint_000000/state")["Body"].read() == b"state"
         assert [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="ray/")["Contents"]] == [
@@ -299,10 +290,10 @@ def test_kubernetes_s3_statefulset_args_run_and_pass_their_probes(tmp_path):
     with running_weed(container["args"], env, tmp_path) as ports:
         for probe in ("readinessProbe", "livenessProbe"):
             url = f"http://127.0.0.1:{ports['s3']}{container[probe]['httpGet']['path']}"
-            assert wait_until(lambda: http_status(url) == 200), (tmp_path / "weed.log").read_text()[-3000:]
+            assert wait_for(lambda: http_status(url) == 200, 60), (tmp_path / "weed.log").read_text()[-3000:]
         assert s3_error(s3_client(ports["s3"], None).list_buckets) == "AccessDenied"
         client = s3_client(ports["s3"], keys)
-        assert wait_until(lambda: bucket in [b["Name"] for b in client.list_buckets()["Buckets"]], 15)
+        assert wait_for(lambda: bucket in [b["Name"] for b in client.list_buckets()["Buckets"]], 15)
         client.put_object(Bucket=bucket, Key="mlflow/1/run/artifacts/a.txt", Body=b"a")
         assert client.get_object(Bucket=bucket, Key="mlflow/1/run/artifacts/a.txt")["Body"].read() == b"a"
 
